@@ -1,0 +1,90 @@
+"""The coordination backend interface (one file, as APScheduler 4's abc.py), and the values it deals in.
+
+`MemoryBackend` (in memory.py) and `EtcdBackend` (in etcd.py) implement it; one test suite runs
+against both. Every method takes its own deadline; a backend call never blocks past it.
+"""
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease_id: int = 0
+
+
+@dataclass(frozen=True)
+class Lease:
+    lease_id: int
+    ttl_s: float
+
+
+@dataclass(frozen=True)
+class CampaignResult:
+    won: bool
+    revision: int  # the store's revision when the campaign was decided: watch from revision + 1
+    leader: KeyValue | None  # the leader key as it stands (ours when won); None only if it vanished meanwhile
+    extra: dict[str, KeyValue]  # the `also_read` keys that exist, read in the same transaction
+
+    @property
+    def fencing_token(self) -> int:
+        return self.leader.create_revision if self.leader else 0
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    deleted: bool
+    revision: int
+    kv: KeyValue  # for a delete: key and revision only
+
+
+class Backend(ABC):
+    @abstractmethod
+    def grant_lease(self, ttl_s: int, timeout_s: float) -> Lease: ...
+
+    @abstractmethod
+    def keep_alive_once(self, lease_id: int, timeout_s: float) -> float:
+        """Renew once; returns the granted TTL, 0 when the lease no longer exists."""
+
+    @abstractmethod
+    def revoke_lease(self, lease_id: int, timeout_s: float) -> None:
+        """Revoke; deletes every key attached. A lease that is already gone is not an error."""
+
+    @abstractmethod
+    def campaign(self, key: str, value: bytes, lease_id: int, timeout_s: float,
+                 also_read: tuple[str, ...] = ()) -> CampaignResult:
+        """One transaction: if `key` does not exist (create_revision == 0), put it under the lease."""
+
+    @abstractmethod
+    def get(self, key: str, timeout_s: float) -> tuple[KeyValue | None, int]:
+        """The key (or None) and the store revision it was read at."""
+
+    @abstractmethod
+    def guarded_put(self, leader_key: str, fencing_token: int, key: str, value: bytes, timeout_s: float) -> bool:
+        """Put only while `leader_key` still has create_revision == fencing_token. False when refused."""
+
+    @abstractmethod
+    def guarded_delete(self, leader_key: str, fencing_token: int, key: str, timeout_s: float) -> bool: ...
+
+    @abstractmethod
+    def resign(self, leader_key: str, fencing_token: int, handover_key: str, handover: bytes,
+               timeout_s: float) -> bool:
+        """One transaction: while we still lead, write the handover record and delete the leader key."""
+
+    @abstractmethod
+    def watch(self, key: str, start_revision: int, stop: threading.Event) -> Iterator[WatchEvent]:
+        """Events on `key` from `start_revision` on, until `stop` is set.
+
+        Survives the loss of the member it is attached to: it restarts elsewhere from the last
+        revision it delivered, so no event is lost. Raises WatchCompacted when that history is gone.
+        """
+
+    @abstractmethod
+    def close(self) -> None: ...

@@ -1,0 +1,122 @@
+"""Configuration and its safety rules, checked before anything touches etcd."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import uuid
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    secure: bool = False
+
+    @property
+    def target(self) -> str:
+        """The gRPC target string (IPv6 hosts in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.target}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """`http://host:port`, `https://host:port` or `host:port`."""
+    raw = text.strip()
+    parts = urlsplit(raw if "://" in raw else f"http://{raw}")
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"bad endpoint {text!r}: scheme must be http or https")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"bad endpoint {text!r}: port is not a number from 1 to 65535") from None
+    if not parts.hostname or port is None or parts.path not in ("", "/") or parts.query:
+        raise ConfigError(f"bad endpoint {text!r}: expected http://HOST:PORT")
+    return Endpoint(parts.hostname, port, parts.scheme == "https")
+
+
+def parse_endpoints(text: str | list[str] | tuple[str, ...]) -> tuple[Endpoint, ...]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    endpoints = tuple(parse_endpoint(item) for item in items if item.strip())
+    if not endpoints:
+        raise ConfigError("no etcd endpoints given")
+    return endpoints
+
+
+def default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Timings are float seconds. The defaults are the design's: 10 s lease, renew every 3 s, step down below 2 s."""
+
+    endpoints: tuple[Endpoint, ...]
+    name: str
+    replica_id: str = field(default_factory=default_replica_id)
+    prefix: str = "/singleton"
+    lease_ttl_s: float = 10.0
+    keepalive_interval_s: float = 3.0
+    renewal_timeout_s: float | None = None  # None: min(1 s, half the keepalive interval)
+    min_remaining_ttl_s: float = 2.0
+    max_failed_renewals: int = 2
+    call_timeout_s: float = 2.0
+    stop_timeout_s: float = 5.0
+    campaign_backoff_max_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.endpoints, (str, list)):
+            object.__setattr__(self, "endpoints", parse_endpoints(self.endpoints))
+        if self.renewal_timeout_s is None:
+            object.__setattr__(self, "renewal_timeout_s", min(1.0, self.keepalive_interval_s / 2))
+        self.validate()
+
+    @property
+    def renewal_deadline_s(self) -> float:
+        assert self.renewal_timeout_s is not None
+        return self.renewal_timeout_s
+
+    @property
+    def leader_key(self) -> str:
+        return f"{self.prefix}/{self.name}/leader"
+
+    @property
+    def handover_key(self) -> str:
+        return f"{self.prefix}/{self.name}/handover"
+
+    def validate(self) -> None:
+        ttl, margin, every = self.lease_ttl_s, self.min_remaining_ttl_s, self.keepalive_interval_s
+        if not self.endpoints:
+            raise ConfigError("no etcd endpoints given")
+        if not _NAME_RE.match(self.name):
+            raise ConfigError(f"bad name {self.name!r}: use letters, digits, '.', '_' or '-'")
+        if not self.replica_id or "\n" in self.replica_id:
+            raise ConfigError("replica id must be a non-empty single line")
+        if not self.prefix.startswith("/") or self.prefix.endswith("/"):
+            raise ConfigError(f"bad prefix {self.prefix!r}: must start with '/' and not end with it")
+        if ttl < 2 or ttl != int(ttl):
+            raise ConfigError(f"lease TTL must be a whole number of seconds >= 2 (got {ttl:g})")
+        if not 0 < margin < ttl:
+            raise ConfigError(f"min remaining TTL must be > 0 and below the lease TTL {ttl:g} s (got {margin:g})")
+        if not 0 < every < ttl - margin:
+            raise ConfigError(
+                f"keepalive interval must be > 0 and below lease TTL - min remaining TTL "
+                f"= {ttl - margin:g} s (got {every:g})"
+            )
+        if not 0 < self.renewal_deadline_s <= every:
+            raise ConfigError(f"renewal timeout must be > 0 and at most the keepalive interval (got {self.renewal_deadline_s:g})")
+        if self.max_failed_renewals < 1:
+            raise ConfigError(f"max failed renewals must be >= 1 (got {self.max_failed_renewals})")
+        for label, value in (("call timeout", self.call_timeout_s), ("stop timeout", self.stop_timeout_s),
+                             ("campaign backoff", self.campaign_backoff_max_s)):
+            if value <= 0:
+                raise ConfigError(f"{label} must be > 0 (got {value:g})")

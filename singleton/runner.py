@@ -1,0 +1,287 @@
+"""Singleton: the public object. Campaigns, follows through a watch, leads through Leadership, stops cleanly."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import tenacity
+
+from .abc import Backend, CampaignResult
+from .clock import Clock, SystemClock
+from .config import Config
+from .election import Election, Role, Term
+from .errors import BackendError, WatchCompacted
+from .jobs import JobFn, JobRunner, TickContext
+from .leadership import Leadership
+from .lease import LeaseKeeper, StepDownReason
+from .records import decode_handover, leader_record
+from .telemetry import Stats
+
+log = logging.getLogger("singleton")
+
+ElectedFn = Callable[[int], Any]
+SteppedDownFn = Callable[[StepDownReason], Any]
+
+
+class Singleton:
+    """Runs `job` once per second on exactly one replica among all that share `config.name`.
+
+    >>> s = Singleton(Config(endpoints="http://127.0.0.1:2379", name="report"), job=my_job)
+    >>> s.run()  # blocks until SIGTERM / SIGINT / stop()
+    """
+
+    def __init__(self, config: Config, job: JobFn | None = None, *, backend: Backend | None = None,
+                 clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        if backend is None:
+            from .etcd import EtcdBackend
+            backend = EtcdBackend(config.endpoints)
+        self.backend = backend
+        self._job = job
+        self.election = Election()
+        self.stats = Stats(config.replica_id)
+        self._stop = threading.Event()
+        self._resign = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._on_elected: list[ElectedFn] = []
+        self._on_stepped_down: list[SteppedDownFn] = []
+        self._leadership: Leadership | None = None
+        self._vacancy_revision: int | None = None  # revision of the leader-key delete that ended our wait
+
+    # --- registration and listeners -----------------------------------------------------------------
+    def job(self, fn: JobFn) -> JobFn:
+        """Decorator: register the function run on every tick."""
+        self._job = fn
+        return fn
+
+    def on_elected(self, fn: ElectedFn) -> ElectedFn:
+        self._on_elected.append(fn)
+        return fn
+
+    def on_stepped_down(self, fn: SteppedDownFn) -> SteppedDownFn:
+        self._on_stepped_down.append(fn)
+        return fn
+
+    @property
+    def role(self) -> Role:
+        return self.election.role
+
+    @property
+    def is_leader(self) -> bool:
+        return self.election.may_tick(self.clock.monotonic())
+
+    @property
+    def fencing_token(self) -> int | None:
+        term = self.election.term
+        return term.fencing_token if term else None
+
+    # --- running ---------------------------------------------------------------------------------------
+    def run(self, *, handle_signals: bool = True) -> None:
+        """Block until stopped. In the main thread, SIGTERM and SIGINT stop it gracefully."""
+        if self._job is None:
+            raise TypeError("no job registered: pass job= or decorate a function with @singleton.job")
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            self._install_signal_handlers()
+        jobs = JobRunner(self._job, self._job_done)
+        log.info("replica %s starting for %s on %s", self.config.replica_id, self.config.leader_key,
+                 ",".join(map(str, self.config.endpoints)))
+        try:
+            while not self._stop.is_set():
+                won = self._campaign_until_decided()
+                if won is None:
+                    break
+                term, result, sent_at = won
+                self._lead(term, result, sent_at, jobs)
+        finally:
+            if self.election.role is not Role.STOPPED:
+                self.election.stop()
+            jobs.wait_idle(self.config.stop_timeout_s)
+            jobs.close()
+            self.backend.close()
+            log.info("replica %s stopped", self.config.replica_id)
+
+    def start(self) -> None:
+        """Run in a background thread."""
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        self._thread = threading.Thread(target=self.run, kwargs={"handle_signals": False}, daemon=True,
+                                        name=f"singleton-{self.config.name}")
+        self._thread.start()
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Graceful: finish or cancel the tick in flight, hand over, revoke the lease."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s if timeout_s is not None else self.config.stop_timeout_s + 10)
+
+    def resign(self) -> None:
+        """Hand leadership over now (gracefully), then keep running as a standby."""
+        self._resign.set()
+        self._wake.set()
+
+    def __enter__(self) -> Singleton:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def run_async(self) -> None:
+        await asyncio.to_thread(self.run, handle_signals=False)
+
+    async def __aenter__(self) -> Singleton:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.stop)
+
+    def _install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            if self._stop.is_set():  # a second signal: the operator insists
+                os._exit(128 + signum)
+            log.info("received %s: stopping gracefully", signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # --- following -----------------------------------------------------------------------------------
+    def _retrying(self) -> tenacity.Retrying:
+        # tenacity decides when to try again; the stop event makes its sleep interruptible.
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(BackendError),
+            wait=tenacity.wait_exponential_jitter(initial=0.1, max=self.config.campaign_backoff_max_s),
+            stop=tenacity.stop_when_event_set(self._stop),
+            sleep=self._stop.wait,
+            before_sleep=lambda rs: log.warning("etcd not usable (%s); retrying in %.1f s", rs.outcome.exception()
+                                                if rs.outcome else "?", rs.upcoming_sleep),
+            reraise=False,
+        )
+
+    def _campaign_until_decided(self) -> tuple[Term, CampaignResult, float] | None:
+        """Campaign until we win (returns the term) or are stopped (None). A lost campaign waits on the watch."""
+        while not self._stop.is_set():
+            try:
+                outcome = self._retrying()(self._campaign_once)
+            except tenacity.RetryError:
+                return None
+            term, result, sent_at = outcome
+            if term is not None:
+                return term, result, sent_at
+            self._wait_for_vacancy(result)
+        return None
+
+    def _campaign_once(self) -> tuple[Term | None, CampaignResult, float]:
+        cfg = self.config
+        self.election.campaign()
+        sent_at = self.clock.monotonic()
+        try:
+            lease = self.backend.grant_lease(int(cfg.lease_ttl_s), cfg.call_timeout_s)
+        except BackendError:
+            self.election.campaign_failed()
+            raise
+        try:
+            result = self.backend.campaign(cfg.leader_key, leader_record(cfg.replica_id, lease.lease_id,
+                                                                         self.clock.wall()),
+                                           lease.lease_id, cfg.call_timeout_s, also_read=(cfg.handover_key,))
+        except BackendError:
+            self._revoke_quietly(lease.lease_id)  # outcome unknown: revoking also removes our key if written
+            self.election.campaign_failed()
+            raise
+        if result.won:
+            keeper = LeaseKeeper(lease.lease_id, lease.ttl_s, sent_at, min_remaining_ttl_s=cfg.min_remaining_ttl_s,
+                                 max_failed_renewals=cfg.max_failed_renewals)
+            return self.election.won(result.fencing_token, keeper), result, sent_at
+        self._revoke_quietly(lease.lease_id)  # a lost campaign must not leak its lease
+        self.election.lost()
+        return None, result, sent_at
+
+    def _revoke_quietly(self, lease_id: int) -> None:
+        try:
+            self.backend.revoke_lease(lease_id, self.config.call_timeout_s)
+        except BackendError as err:
+            log.warning("could not revoke unused lease %x (it expires by itself): %s", lease_id, err)
+
+    def _wait_for_vacancy(self, lost: CampaignResult) -> None:
+        """Watch the leader key until it is deleted (or we stop). No polling decides who leads."""
+        self._vacancy_revision = None
+        if lost.leader is None:
+            return  # vanished between our transaction and now: campaign again at once
+        holder = lost.leader
+        log.info("standing by: token %d holds %s", holder.create_revision, self.config.leader_key)
+        start = lost.revision + 1
+        while not self._stop.is_set():
+            try:
+                for event in self.backend.watch(self.config.leader_key, start, self._stop):
+                    start = event.revision + 1
+                    if event.deleted:
+                        log.info("leader key deleted at revision %d: campaigning", event.revision)
+                        self._vacancy_revision = event.revision
+                        return
+                    log.info("leader changed: token %d", event.kv.create_revision)
+                return
+            except WatchCompacted:
+                try:
+                    kv, revision = self._retrying()(self.backend.get, self.config.leader_key, self.config.call_timeout_s)
+                except tenacity.RetryError:
+                    return
+                if kv is None:
+                    return
+                start = revision + 1
+
+    # --- leading ---------------------------------------------------------------------------------------
+    def _lead(self, term: Term, result: CampaignResult, sent_at: float, jobs: JobRunner) -> None:
+        cfg = self.config
+        self._resign.clear()
+        self.stats.won()
+        log.info("elected leader of %s replica=%s token=%d", cfg.leader_key, cfg.replica_id, term.fencing_token)
+        self._notify(self._on_elected, term.fencing_token)
+        leadership = Leadership(cfg, self.backend, self.clock, self.election, term, jobs, self.stats, self._wake,
+                                self._requested_step_down)
+        self._leadership = leadership
+        outcome = leadership.run(sent_at, self._handover_slot(result))
+        self._leadership = None
+        self._notify(self._on_stepped_down, outcome.reason)
+        if outcome.reason is StepDownReason.SHUTDOWN:
+            self.election.stop()
+            return
+        self.election.stepped_down()
+        if outcome.reason is StepDownReason.RESIGNED:
+            self._stop.wait(1.0)  # give the standbys the first shot at the vacancy we just made
+
+    def _handover_slot(self, result: CampaignResult) -> int | None:
+        """The predecessor's last slot, only if its handover is the very delete we were woken by."""
+        kv = result.extra.get(self.config.handover_key)
+        if kv is None or self._vacancy_revision is None or kv.mod_revision != self._vacancy_revision:
+            return None
+        handover = decode_handover(kv.value)
+        return handover.last_slot if handover and handover.last_slot > 0 else None
+
+    def _requested_step_down(self) -> StepDownReason | None:
+        if self._stop.is_set():
+            return StepDownReason.SHUTDOWN
+        if self._resign.is_set():
+            return StepDownReason.RESIGNED
+        return None
+
+    def _job_done(self, ctx: TickContext, duration_s: float, error: BaseException | None) -> None:
+        self.stats.job_done(duration_s, failed=error is not None)
+        if error is not None:
+            log.error("job failed in slot %d replica=%s token=%d", ctx.slot, ctx.replica_id, ctx.fencing_token,
+                      exc_info=error)
+
+    def _notify(self, listeners: list[Any], arg: Any) -> None:
+        for fn in listeners:
+            try:
+                fn(arg)
+            except Exception:
+                log.exception("listener %r failed", fn)

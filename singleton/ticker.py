@@ -1,0 +1,82 @@
+"""Slot arithmetic for the every-second ticker. No I/O, no sleeping: the runner does that.
+
+A slot is a whole Unix second. Slots are named by the wall clock but waited for on the monotonic
+clock, and each plan is made afresh from "now", so there is no cumulative drift and no catch-up burst.
+Slot numbers only ever grow, so a backward wall-clock step cannot make a slot run twice.
+"""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+# A tick must start inside its own second; a slot woken later than this is skipped, never run late.
+MAX_LATENESS_S = 1.0
+# A wall clock that moved this much more or less than the monotonic one over one wait was stepped.
+CLOCK_STEP_THRESHOLD_S = 0.5
+
+
+def first_slot(wall_now: float, handover_last_slot: int | None) -> int:
+    """The first slot of a new term.
+
+    Normally the next whole second: never one the predecessor may already have run. When the
+    predecessor handed over gracefully and told us the last slot it ran, the slot after it may be
+    the current second; running it (slightly late) is what makes a graceful handover miss nothing.
+    """
+    current = math.floor(wall_now)
+    if handover_last_slot is not None and handover_last_slot + 1 >= current:
+        return handover_last_slot + 1
+    return current + 1
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    slot: int
+    wake_at: float  # monotonic time at which the slot is due
+    planned_wall: float
+    planned_mono: float
+
+    @property
+    def scheduled_at(self) -> float:
+        return float(self.slot)
+
+
+class Verdict(enum.Enum):
+    RUN = "run"
+    WAIT = "wait"
+    TOO_LATE = "too_late"
+
+
+@dataclass(frozen=True)
+class Due:
+    verdict: Verdict
+    wait_s: float = 0.0
+    lateness_s: float = 0.0
+    clock_step_s: float = 0.0  # how far the wall clock jumped relative to the monotonic clock during the wait
+
+
+def plan_slot(slot: int, wall_now: float, mono_now: float) -> SlotPlan:
+    """Plan a given slot: due when the wall clock reaches it, measured as a monotonic delay."""
+    return SlotPlan(slot, mono_now + (slot - wall_now), wall_now, mono_now)
+
+
+def plan_next(last_slot: int, wall_now: float, mono_now: float) -> SlotPlan:
+    """The slot after `last_slot`: the next whole wall second, and never a slot number already used.
+
+    After a backward wall-clock step the wall second is behind `last_slot`; we keep one tick per
+    real second at the wall clock's phase, numbering on from `last_slot`.
+    """
+    next_wall_second = math.floor(wall_now) + 1
+    delay = next_wall_second - wall_now
+    return SlotPlan(max(last_slot + 1, next_wall_second), mono_now + delay, wall_now, mono_now)
+
+
+def check_due(plan: SlotPlan, wall_now: float, mono_now: float) -> Due:
+    step = (wall_now - plan.planned_wall) - (mono_now - plan.planned_mono)
+    step = step if abs(step) >= CLOCK_STEP_THRESHOLD_S else 0.0
+    if mono_now < plan.wake_at:
+        return Due(Verdict.WAIT, wait_s=plan.wake_at - mono_now, clock_step_s=step)
+    lateness = mono_now - plan.wake_at
+    if lateness >= MAX_LATENESS_S:
+        return Due(Verdict.TOO_LATE, lateness_s=lateness, clock_step_s=step)
+    return Due(Verdict.RUN, lateness_s=lateness, clock_step_s=step)
