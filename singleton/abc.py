@@ -58,6 +58,10 @@ class Backend(ABC):
         """Revoke; deletes every key attached. A lease that is already gone is not an error."""
 
     @abstractmethod
+    def lease_remaining_s(self, lease_id: int, timeout_s: float) -> float:
+        """Seconds left on the lease as etcd sees it; -1 when it no longer exists. For reporting only."""
+
+    @abstractmethod
     def campaign(self, key: str, value: bytes, lease_id: int, timeout_s: float,
                  also_read: tuple[str, ...] = ()) -> CampaignResult:
         """One transaction: if `key` does not exist (create_revision == 0), put it under the lease."""

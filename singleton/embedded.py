@@ -110,6 +110,7 @@ class EtcdCluster:
             raise ValueError("size must be >= 1")
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="singleton-etcd-"))
+        self.base_dir.mkdir(parents=True, exist_ok=True)
         self.token = f"singleton-{os.getpid()}-{free_port()}"
         self.members = [EtcdMember(f"m{i}", self.base_dir / f"m{i}.etcd", free_port(), free_port(),
                                    self.base_dir / f"m{i}.log") for i in range(size)]

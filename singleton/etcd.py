@@ -139,6 +139,11 @@ class EtcdBackend(Backend):
 
         return float(self._call(f"renew lease {lease_id:x}", invoke, timeout_s))
 
+    def lease_remaining_s(self, lease_id: int, timeout_s: float) -> float:
+        resp = self._unary(f"lease {lease_id:x} TTL", pb_grpc.LeaseStub, "LeaseTimeToLive",
+                           pb.LeaseTimeToLiveRequest(ID=lease_id), timeout_s)
+        return float(resp.TTL)  # etcd answers -1 for a lease it does not have
+
     def revoke_lease(self, lease_id: int, timeout_s: float) -> None:
         try:
             self._unary(f"revoke lease {lease_id:x}", pb_grpc.LeaseStub, "LeaseRevoke",

@@ -115,6 +115,13 @@ class MemoryBackend(Backend):
             lease.expires_at = self._clock.monotonic() + lease.ttl_s
             return lease.ttl_s
 
+    def lease_remaining_s(self, lease_id: int, timeout_s: float) -> float:
+        self._enter(timeout_s)
+        with self._cond:
+            self._expire_locked()
+            lease = self._leases.get(lease_id)
+            return -1.0 if lease is None else lease.expires_at - self._clock.monotonic()
+
     def revoke_lease(self, lease_id: int, timeout_s: float) -> None:
         self._enter(timeout_s)
         with self._cond:

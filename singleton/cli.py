@@ -1,0 +1,183 @@
+"""The `singleton` command: run, status, demo. Every option can also come from SINGLETON_<OPTION>."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from .config import Config
+from .errors import ConfigError, SingletonError
+from .jobs import JobFn
+
+ENV_PREFIX = "SINGLETON_"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one clear line, exit 2, no usage dump
+        self.exit(2, f"singleton: error: {message}\n")
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
+
+
+def _option(parser: argparse.ArgumentParser, flag: str, *, type: Callable[[str], Any] = str,
+            default: Any = None, required: bool = False, help: str = "") -> None:
+    """An option whose default comes from its environment variable, if set."""
+    env = env_name(flag)
+    if env in os.environ:
+        try:
+            default = type(os.environ[env])
+        except ValueError:
+            parser.error(f"{env}={os.environ[env]!r} is not a valid {type.__name__}")
+        required = False
+    parser.add_argument(flag, type=type, default=default, required=required, help=f"{help} [env {env}]")
+
+
+def _add_connection(parser: argparse.ArgumentParser) -> None:
+    _option(parser, "--endpoints", required=True, help="etcd endpoints, comma-separated http://HOST:PORT")
+    _option(parser, "--name", required=True, help="the job's name: replicas with the same name share one leader")
+    _option(parser, "--prefix", default="/singleton", help="key prefix")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="singleton", description="Run one job once per second on exactly one replica.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run one replica")
+    _add_connection(run)
+    _option(run, "--job", required=True, help="package.module:callable taking the tick context")
+    _option(run, "--id", help="replica id (default: host-pid-random)")
+    _option(run, "--lease-ttl", type=float, default=10.0, help="lease TTL, whole seconds")
+    _option(run, "--keepalive-interval", type=float, default=3.0, help="seconds between renewals")
+    _option(run, "--renewal-timeout", type=float, help="deadline of one renewal (default min(1, interval/2))")
+    _option(run, "--min-remaining-ttl", type=float, default=2.0, help="step down below this much lease left")
+    _option(run, "--max-failed-renewals", type=int, default=2, help="step down after this many failures in a row")
+    _option(run, "--stop-timeout", type=float, default=5.0, help="how long a graceful stop waits for the tick")
+    _option(run, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+    status = sub.add_parser("status", help="who leads now")
+    _add_connection(status)
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    demo = sub.add_parser("demo", help="3 replicas on an embedded local etcd, with a live failover")
+    demo.add_argument("--replicas", type=int, default=3)
+    demo.add_argument("--seconds", type=float, default=8.0, help="how long each phase runs")
+    return parser
+
+
+def load_job(path: str) -> JobFn:
+    """`package.module:callable` (the current directory is importable, as with `python -m`)."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"bad job {path!r}: expected package.module:callable")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the user's config error
+        raise ConfigError(f"cannot import job module {module_name!r}: {type(exc).__name__}: {exc}") from exc
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"job {path!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"job {path!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def _config(args: argparse.Namespace, **extra: Any) -> Config:
+    return Config(endpoints=args.endpoints, name=args.name, prefix=args.prefix, **extra)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    level = getattr(logging, str(args.log_level).upper(), None)
+    if not isinstance(level, int):
+        raise ConfigError(f"bad log level {args.log_level!r}")
+    extra: dict[str, Any] = {}
+    if args.id:
+        extra["replica_id"] = args.id
+    if args.renewal_timeout is not None:
+        extra["renewal_timeout_s"] = args.renewal_timeout
+    config = _config(args, lease_ttl_s=args.lease_ttl, keepalive_interval_s=args.keepalive_interval,
+                     min_remaining_ttl_s=args.min_remaining_ttl, max_failed_renewals=args.max_failed_renewals,
+                     stop_timeout_s=args.stop_timeout, **extra)
+    job = load_job(args.job)  # both checked before anything touches etcd
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from .runner import Singleton
+
+    Singleton(config, job).run()
+    return 0
+
+
+def leader_status(config: Config, timeout_s: float = 3.0) -> dict[str, Any]:
+    from .etcd import EtcdBackend
+    from .records import decode_leader
+
+    backend = EtcdBackend(config.endpoints)
+    try:
+        kv, revision = backend.get(config.leader_key, timeout_s)
+        status: dict[str, Any] = {"name": config.name, "key": config.leader_key, "revision": revision,
+                                  "leader": None}
+        if kv is not None:
+            record = decode_leader(kv.value)
+            status["leader"] = {
+                "replica_id": record.replica_id if record else None, "host": record.host if record else None,
+                "pid": record.pid if record else None, "fencing_token": kv.create_revision,
+                "elected_at_unix_s": record.elected_at_unix_s if record else None,
+                "leading_for_s": round(time.time() - record.elected_at_unix_s, 3) if record else None,
+                "lease_id": f"{kv.lease_id:x}",
+                "lease_remaining_s": backend.lease_remaining_s(kv.lease_id, timeout_s),
+            }
+        return status
+    finally:
+        backend.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = leader_status(_config(args))
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    leader = status["leader"]
+    if leader is None:
+        print(f"{args.name}: no leader (key {status['key']} is vacant)")
+    else:
+        print(f"{args.name}: leader {leader['replica_id']} (host {leader['host']}, pid {leader['pid']}), "
+              f"token {leader['fencing_token']}, leading for {leader['leading_for_s']:.1f} s, "
+              f"lease {leader['lease_remaining_s']:.0f} s left")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "status":
+            return cmd_status(args)
+        from .demo import run_demo
+
+        return run_demo(replicas=args.replicas, phase_s=args.seconds)
+    except ConfigError as err:
+        print(f"singleton: error: {err}", file=sys.stderr)
+        return 2
+    except SingletonError as err:
+        print(f"singleton: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"singleton: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""The tick ledger: independent evidence of who ticked when, and the invariants checked on it.
+
+`record_tick` is a job (`--job singleton.testing.ledger:record_tick`) that appends one JSON line when a
+tick starts and one when it ends to the file named by $SINGLETON_LEDGER, with single O_APPEND writes so
+lines from several processes never interleave. CLOCK_MONOTONIC is system-wide on Linux, so the
+monotonic stamps of different processes on one machine compare directly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..jobs import TickContext
+
+LEDGER_ENV = "SINGLETON_LEDGER"
+HOLD_ENV = "SINGLETON_LEDGER_HOLD_S"  # how long each tick "works" (default 0.05 s)
+
+
+def _append(path: str, record: dict[str, object]) -> None:
+    line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def record_tick(ctx: TickContext) -> None:
+    path = os.environ[LEDGER_ENV]
+    base = {"replica": ctx.replica_id, "pid": os.getpid(), "token": ctx.fencing_token, "slot": ctx.slot}
+    _append(path, {**base, "ev": "start", "mono": time.monotonic(), "wall": time.time()})
+    ctx.cancel_event.wait(float(os.environ.get(HOLD_ENV, "0.05")))
+    _append(path, {**base, "ev": "end", "mono": time.monotonic(), "wall": time.time(), "cancelled": ctx.cancelled})
+
+
+@dataclass
+class Tick:
+    replica: str
+    pid: int
+    token: int
+    slot: int
+    start_mono: float
+    start_wall: float
+    end_mono: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.end_mono is not None
+
+
+def read_ledger(path: str | Path) -> list[Tick]:
+    ticks: dict[tuple[int, int], Tick] = {}
+    p = Path(path)
+    if not p.exists():
+        return []
+    for line in p.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line of a killed writer
+        key = (rec["pid"], rec["slot"])
+        if rec["ev"] == "start":
+            ticks[key] = Tick(rec["replica"], rec["pid"], rec["token"], rec["slot"], rec["mono"], rec["wall"])
+        elif key in ticks:
+            ticks[key].end_mono = rec["mono"]
+    return sorted(ticks.values(), key=lambda t: t.start_mono)
+
+
+def overlaps(ticks: Iterable[Tick]) -> list[tuple[Tick, Tick]]:
+    """Pairs of ticks that ran at the same time (an unfinished tick counts as running until the next start)."""
+    ordered = sorted(ticks, key=lambda t: t.start_mono)
+    found = []
+    for prev, cur in zip(ordered, ordered[1:]):
+        if prev.end_mono is not None and cur.start_mono < prev.end_mono:
+            found.append((prev, cur))
+    return found
+
+
+def duplicate_slots(ticks: Iterable[Tick]) -> list[int]:
+    seen: dict[int, int] = {}
+    for t in ticks:
+        seen[t.slot] = seen.get(t.slot, 0) + 1
+    return sorted(slot for slot, n in seen.items() if n > 1)
+
+
+def tokens_grow(ticks: Iterable[Tick]) -> bool:
+    """Each change of leader (token) in time order brings a larger token."""
+    tokens = [t.token for t in sorted(ticks, key=lambda t: t.start_mono)]
+    changes = [b for a, b in zip(tokens, tokens[1:]) if a != b]
+    return all(b > a for a, b in zip([tokens[0], *changes], changes)) if tokens else True
+
+
+def missed_slots(ticks: Iterable[Tick]) -> list[int]:
+    slots = sorted({t.slot for t in ticks})
+    return [s for a, b in zip(slots, slots[1:]) for s in range(a + 1, b)]
