@@ -5,6 +5,7 @@ import os
 import re
 import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -44,9 +45,10 @@ def parse_endpoint(text: str) -> Endpoint:
     return Endpoint(parts.hostname, port, parts.scheme == "https")
 
 
-def parse_endpoints(text: str | list[str] | tuple[str, ...]) -> tuple[Endpoint, ...]:
+def parse_endpoints(text: str | Sequence[str | Endpoint]) -> tuple[Endpoint, ...]:
     items = text.split(",") if isinstance(text, str) else list(text)
-    endpoints = tuple(parse_endpoint(item) for item in items if item.strip())
+    endpoints = tuple(item if isinstance(item, Endpoint) else parse_endpoint(item) for item in items
+                      if isinstance(item, Endpoint) or item.strip())
     if not endpoints:
         raise ConfigError("no etcd endpoints given")
     return endpoints
@@ -74,7 +76,7 @@ class Config:
     campaign_backoff_max_s: float = 2.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.endpoints, (str, list)):
+        if not all(isinstance(e, Endpoint) for e in self.endpoints) or not isinstance(self.endpoints, tuple):
             object.__setattr__(self, "endpoints", parse_endpoints(self.endpoints))
         if self.renewal_timeout_s is None:
             object.__setattr__(self, "renewal_timeout_s", min(1.0, self.keepalive_interval_s / 2))

@@ -34,11 +34,13 @@ class TermOutcome:
 class Leadership:
     def __init__(self, config: Config, backend: Backend, clock: Clock, election: Election, term: Term,
                  jobs: JobRunner, stats: Stats, wake: threading.Event,
-                 stop_reason: Callable[[], StepDownReason | None]) -> None:
+                 stop_reason: Callable[[], StepDownReason | None],
+                 on_step_down: Callable[[StepDownReason], None] = lambda reason: None) -> None:
         self.config, self.backend, self.clock = config, backend, clock
         self.election, self.term, self.jobs, self.stats = election, term, jobs, stats
         self._wake = wake  # set by the keepalive after each renewal and by stop()/resign()
         self._stop_reason = stop_reason
+        self._on_step_down = on_step_down  # told as soon as ticking stops, before the slow clean-up
         self._over = threading.Event()
         self.last_started_slot: int | None = None
         self.last_tick_wall: float | None = None
@@ -130,6 +132,7 @@ class Leadership:
         self.stats.stepped_down(reason.value)
         log.warning("stepping down (%s) %s remaining=%.2fs", reason.value, self._tag,
                     keeper.remaining_s(self.clock.monotonic()))
+        self._on_step_down(reason)
         if reason.graceful:
             # Let the tick in flight finish while we still hold the lease, then cancel it.
             if not self.jobs.wait_idle(cfg.stop_timeout_s):

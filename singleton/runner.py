@@ -159,7 +159,7 @@ class Singleton:
         # tenacity decides when to try again; the stop event makes its sleep interruptible.
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(BackendError),
-            wait=tenacity.wait_exponential_jitter(initial=0.1, max=self.config.campaign_backoff_max_s),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=self.config.campaign_backoff_max_s, jitter=0.2),
             stop=tenacity.stop_when_event_set(self._stop),
             sleep=self._stop.wait,
             before_sleep=lambda rs: log.warning("etcd not usable (%s); retrying in %.1f s", rs.outcome.exception()
@@ -246,11 +246,11 @@ class Singleton:
         log.info("elected leader of %s replica=%s token=%d", cfg.leader_key, cfg.replica_id, term.fencing_token)
         self._notify(self._on_elected, term.fencing_token)
         leadership = Leadership(cfg, self.backend, self.clock, self.election, term, jobs, self.stats, self._wake,
-                                self._requested_step_down)
+                                self._requested_step_down,
+                                lambda reason: self._notify(self._on_stepped_down, reason))
         self._leadership = leadership
         outcome = leadership.run(sent_at, self._handover_slot(result))
         self._leadership = None
-        self._notify(self._on_stepped_down, outcome.reason)
         if outcome.reason is StepDownReason.SHUTDOWN:
             self.election.stop()
             return

@@ -1,0 +1,161 @@
+"""One suite, two backends: the in-memory one and real etcd must agree on every behaviour we rely on."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from singleton.abc import Backend
+from singleton.embedded import EtcdCluster
+from singleton.errors import WatchCompacted
+from singleton.etcd import EtcdBackend
+from singleton.memory import MemoryBackend
+
+T = 2.0  # per-call deadline
+
+
+@pytest.fixture(params=["memory", "etcd"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    if request.param == "memory":
+        b: Backend = MemoryBackend()
+    else:
+        cluster: EtcdCluster = request.getfixturevalue("etcd")
+        b = EtcdBackend(cluster.endpoints)
+    yield b
+    b.close()
+
+
+def collect(backend: Backend, key: str, start: int, n: int, timeout_s: float = 5.0) -> list:
+    stop, out = threading.Event(), []
+
+    def run() -> None:
+        for ev in backend.watch(key, start, stop):
+            out.append(ev)
+            if len(out) >= n:
+                return
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    stop.set()
+    t.join(2)
+    return out
+
+
+def test_campaign_win_then_lose(backend: Backend, name: str) -> None:
+    key = f"/c/{name}/leader"
+    a, b = backend.grant_lease(10, T), backend.grant_lease(10, T)
+    won = backend.campaign(key, b"a", a.lease_id, T)
+    assert won.won and won.leader is not None and won.leader.value == b"a"
+    assert won.fencing_token == won.leader.create_revision == won.revision
+    lost = backend.campaign(key, b"b", b.lease_id, T)
+    assert not lost.won and lost.fencing_token == won.fencing_token and lost.leader.value == b"a"
+    for lease in (a, b):
+        backend.revoke_lease(lease.lease_id, T)
+
+
+def test_revoking_the_lease_deletes_the_key_and_the_token_grows(backend: Backend, name: str) -> None:
+    key = f"/c/{name}/leader"
+    tokens = []
+    for _ in range(3):
+        lease = backend.grant_lease(10, T)
+        result = backend.campaign(key, b"x", lease.lease_id, T)
+        assert result.won
+        tokens.append(result.fencing_token)
+        backend.revoke_lease(lease.lease_id, T)
+        assert backend.get(key, T)[0] is None
+    assert tokens == sorted(tokens) and len(set(tokens)) == 3
+
+
+def test_keepalive_renews_and_answers_zero_for_a_gone_lease(backend: Backend) -> None:
+    lease = backend.grant_lease(5, T)
+    assert backend.keep_alive_once(lease.lease_id, T) == 5
+    assert 0 < backend.lease_remaining_s(lease.lease_id, T) <= 5
+    backend.revoke_lease(lease.lease_id, T)
+    assert backend.keep_alive_once(lease.lease_id, T) == 0
+    assert backend.lease_remaining_s(lease.lease_id, T) == -1
+    backend.revoke_lease(lease.lease_id, T)  # revoking twice is not an error
+
+
+def test_guarded_write_is_refused_for_a_stale_token(backend: Backend, name: str) -> None:
+    key, data = f"/c/{name}/leader", f"/c/{name}/data"
+    first = backend.grant_lease(10, T)
+    old = backend.campaign(key, b"1", first.lease_id, T).fencing_token
+    assert backend.guarded_put(key, old, data, b"from-1", T)
+    backend.revoke_lease(first.lease_id, T)
+    second = backend.grant_lease(10, T)
+    new = backend.campaign(key, b"2", second.lease_id, T).fencing_token
+    assert new > old
+    assert not backend.guarded_put(key, old, data, b"stale", T)
+    assert not backend.guarded_delete(key, old, data, T)
+    assert backend.get(data, T)[0].value == b"from-1"
+    assert backend.guarded_put(key, new, data, b"from-2", T)
+    assert backend.guarded_delete(key, new, data, T)
+    backend.revoke_lease(second.lease_id, T)
+
+
+def test_resign_writes_the_handover_and_deletes_the_leader_in_one_revision(backend: Backend, name: str) -> None:
+    key, handover = f"/c/{name}/leader", f"/c/{name}/handover"
+    lease = backend.grant_lease(10, T)
+    won = backend.campaign(key, b"x", lease.lease_id, T, also_read=(handover,))
+    assert won.extra == {}
+    assert not backend.resign(key, won.fencing_token + 100, handover, b"h", T)
+    assert backend.resign(key, won.fencing_token, handover, b"h", T)
+    events = collect(backend, key, won.revision + 1, 1)
+    assert len(events) == 1 and events[0].deleted
+    hv, _ = backend.get(handover, T)
+    assert hv is not None and hv.value == b"h" and hv.mod_revision == events[0].revision
+    lease2 = backend.grant_lease(10, T)
+    again = backend.campaign(key, b"y", lease2.lease_id, T, also_read=(handover,))
+    assert again.won and again.extra[handover].value == b"h"
+    backend.revoke_lease(lease.lease_id, T)
+    backend.revoke_lease(lease2.lease_id, T)
+
+
+def test_watch_replays_from_a_revision_and_sees_the_delete(backend: Backend, name: str) -> None:
+    key = f"/c/{name}/leader"
+    lease = backend.grant_lease(10, T)
+    won = backend.campaign(key, b"x", lease.lease_id, T)
+    backend.revoke_lease(lease.lease_id, T)  # happens before the watch starts: must still be delivered
+    events = collect(backend, key, won.revision, 2)
+    assert [e.deleted for e in events] == [False, True]
+    assert events[0].kv.create_revision == won.fencing_token
+
+
+def test_a_lapsed_lease_deletes_the_key_and_the_watch_sees_it(backend: Backend, name: str) -> None:
+    key = f"/c/{name}/leader"
+    lease = backend.grant_lease(2, T)
+    won = backend.campaign(key, b"x", lease.lease_id, T)
+    started = time.monotonic()
+    events = collect(backend, key, won.revision + 1, 1, timeout_s=8.0)
+    assert events and events[0].deleted
+    assert 1.0 <= time.monotonic() - started <= 7.0
+
+
+def test_watch_from_a_compacted_revision_raises(backend: Backend, name: str) -> None:
+    key = f"/c/{name}/leader"
+    lease = backend.grant_lease(10, T)
+    won = backend.campaign(key, b"x", lease.lease_id, T)
+    backend.revoke_lease(lease.lease_id, T)
+    if isinstance(backend, MemoryBackend):
+        backend.compact()
+    else:
+        _, rev = backend.get(key, T)
+        from etcd3.etcdrpc import rpc_pb2 as pb
+        from etcd3.etcdrpc import rpc_pb2_grpc as pb_grpc
+        backend._unary("compact", pb_grpc.KVStub, "Compact", pb.CompactionRequest(revision=rev, physical=True), T)
+    with pytest.raises(WatchCompacted):
+        collect_raising(backend, key, won.revision)
+
+
+def collect_raising(backend: Backend, key: str, start: int) -> None:
+    stop = threading.Event()
+    timer = threading.Timer(5.0, stop.set)
+    timer.start()
+    try:
+        for _ in backend.watch(key, start, stop):
+            pass
+    finally:
+        timer.cancel()

@@ -1,0 +1,217 @@
+"""The ticker's slot arithmetic, and the tick loop driven deterministically by a fake clock."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from singleton.clock import FakeClock
+from singleton.config import Config
+from singleton.election import Election
+from singleton.leadership import Leadership
+from singleton.lease import LeaseKeeper, StepDownReason
+from singleton.memory import MemoryBackend
+from singleton.telemetry import Stats
+from singleton.ticker import Verdict, check_due, first_slot, plan_next, plan_slot
+
+T0 = 1_700_000_000
+
+
+# --- pure slot arithmetic -----------------------------------------------------------------------------
+def test_first_slot_is_the_next_whole_second():
+    assert first_slot(T0 + 0.3, None) == T0 + 1
+    assert first_slot(T0 + 0.0, None) == T0 + 1  # the current second may already be the predecessor's
+
+
+def test_first_slot_after_a_graceful_handover_takes_the_slot_after_the_last_one_run():
+    assert first_slot(T0 + 0.004, T0 - 1) == T0  # woke just after the boundary: the current second is still ours
+    assert first_slot(T0 + 0.7, T0) == T0 + 1
+    assert first_slot(T0 + 5.2, T0) == T0 + 6  # a stale handover is ignored
+
+
+def test_plans_are_anchored_to_whole_seconds_without_drift():
+    mono = 50.0
+    plan = plan_next(T0, T0 + 0.137, mono)  # the previous tick ran 137 ms late
+    assert plan.slot == T0 + 1
+    assert plan.wake_at == pytest.approx(mono + 0.863)
+
+
+def test_due_run_wait_and_too_late():
+    plan = plan_slot(T0 + 1, T0 + 0.5, 10.0)
+    assert check_due(plan, T0 + 0.9, 10.4).verdict is Verdict.WAIT
+    due = check_due(plan, T0 + 1.01, 10.51)
+    assert due.verdict is Verdict.RUN and due.lateness_s == pytest.approx(0.01)
+    assert check_due(plan, T0 + 2.6, 12.1).verdict is Verdict.TOO_LATE
+
+
+def test_backward_wall_step_never_reuses_a_slot_and_keeps_one_per_second():
+    # The slot T0+10 ran; then the wall clock jumps back an hour.
+    plan = plan_next(T0 + 10, T0 + 10.05 - 3600, 100.0)
+    assert plan.slot == T0 + 11
+    assert plan.wake_at == pytest.approx(100.95)
+
+
+def test_forward_wall_step_jumps_ahead_without_a_burst():
+    plan = plan_next(T0 + 10, T0 + 10.05 + 3600, 100.0)
+    assert plan.slot == T0 + 3611
+    assert plan.wake_at == pytest.approx(100.95)
+
+
+def test_a_wall_step_during_the_wait_is_reported():
+    plan = plan_slot(T0 + 1, T0 + 0.5, 10.0)
+    due = check_due(plan, T0 + 1.0 - 3600, 10.5)
+    assert due.verdict is Verdict.RUN and due.clock_step_s == pytest.approx(-3600)
+
+
+# --- the tick loop, deterministic ----------------------------------------------------------------------
+class FakeJobs:
+    def __init__(self, clock: FakeClock, duration_s: float = 0.05) -> None:
+        self.clock, self.duration_s = clock, duration_s
+        self.started: list[tuple[int, float]] = []  # (slot, monotonic start)
+        self._busy_until = 0.0
+
+    def busy(self) -> bool:
+        return self.clock.monotonic() < self._busy_until
+
+    def start(self, ctx) -> None:
+        assert not self.busy(), "a tick started while the previous one was running"
+        self.started.append((ctx.slot, self.clock.monotonic()))
+        self._busy_until = self.clock.monotonic() + self.duration_s
+
+
+class FakeWake:
+    """Stands in for the wake event: waiting moves the fake clock, and a script may act at each wait."""
+
+    def __init__(self, clock: FakeClock, on_wait: Callable[[FakeClock], None]) -> None:
+        self.clock, self.on_wait, self.waits = clock, on_wait, 0
+
+    def clear(self) -> None: ...
+
+    def set(self) -> None: ...
+
+    def wait(self, timeout: float) -> bool:
+        self.waits += 1
+        assert self.waits < 10_000, "tick loop did not end"
+        self.clock.advance(timeout)
+        self.on_wait(self.clock)
+        return False
+
+
+def run_loop(clock: FakeClock, jobs: FakeJobs, on_wait: Callable[[FakeClock], None],
+             stop_after_s: float = 20.0, handover: int | None = None) -> tuple[StepDownReason, LeaseKeeper]:
+    cfg = Config(endpoints="127.0.0.1:2379", name="t", replica_id="r1")
+    keeper = LeaseKeeper(1, 10.0, clock.monotonic(), min_remaining_ttl_s=2.0, max_failed_renewals=2)
+    election = Election()
+    election.campaign()
+    term = election.won(42, keeper)
+    end = clock.monotonic() + stop_after_s
+    leadership = Leadership(cfg, MemoryBackend(clock), clock, election, term, jobs, Stats("r1"),
+                            FakeWake(clock, on_wait),  # type: ignore[arg-type]
+                            lambda: StepDownReason.SHUTDOWN if clock.monotonic() >= end else None)
+    return leadership._tick_until_step_down(handover), keeper
+
+
+def test_one_tick_per_second_on_whole_seconds():
+    clock = FakeClock(wall=T0 + 0.25)
+    jobs = FakeJobs(clock)
+    reason, _ = run_loop(clock, jobs, lambda c: None, stop_after_s=7.5)
+    assert reason is StepDownReason.LEASE_EXPIRING or reason is StepDownReason.SHUTDOWN
+    slots = [s for s, _ in jobs.started]
+    assert slots == list(range(T0 + 1, T0 + 1 + len(slots)))
+    assert len(slots) >= 6  # no renewal: lease 10 s, margin 2 s, started 0.75 s before the first slot
+
+
+def test_overrun_skips_the_slot_and_never_runs_two_at_once():
+    clock = FakeClock(wall=T0 + 0.5)
+    jobs = FakeJobs(clock, duration_s=1.5)  # every run overlaps the next slot
+    run_loop(clock, jobs, lambda c: None, stop_after_s=6.6)
+    slots = [s for s, _ in jobs.started]
+    assert slots == [T0 + 1, T0 + 3, T0 + 5, T0 + 7]  # every other slot skipped, none queued, no catch-up
+
+
+def test_pause_past_the_lease_never_ticks_afterwards():
+    clock = FakeClock(wall=T0 + 0.5)
+    jobs = FakeJobs(clock)
+    paused = []
+
+    def on_wait(c: FakeClock) -> None:
+        if not paused and c.monotonic() > 1003.0:
+            paused.append(c.monotonic())
+            c.advance(11.0)  # SIGSTOP for longer than the whole lease
+
+    reason, _ = run_loop(clock, jobs, on_wait)
+    assert reason is StepDownReason.LEASE_EXPIRING
+    assert paused and all(start < paused[0] for _, start in jobs.started)
+
+
+def test_renewals_keep_it_ticking_and_two_failures_stop_it_before_the_lease_lapses():
+    clock = FakeClock(wall=T0 + 0.5)
+    jobs = FakeJobs(clock)
+    box: list[LeaseKeeper] = []
+    failing_from = 1006.0
+
+    def on_wait(c: FakeClock) -> None:
+        if c.monotonic() >= failing_from:
+            box[0].renewal_failed()  # every renewal from now on fails
+
+    def start_hook(c: FakeClock) -> None:
+        if not box:
+            return
+        if c.monotonic() < failing_from:
+            box[0].renewal_succeeded(c.monotonic(), 10.0)
+        else:
+            on_wait(c)
+
+    cfg = Config(endpoints="127.0.0.1:2379", name="t", replica_id="r1")
+    keeper = LeaseKeeper(1, 10.0, clock.monotonic(), min_remaining_ttl_s=2.0, max_failed_renewals=2)
+    box.append(keeper)
+    election = Election()
+    election.campaign()
+    term = election.won(42, keeper)
+    leadership = Leadership(cfg, MemoryBackend(clock), clock, election, term, jobs, Stats("r1"),
+                            FakeWake(clock, start_hook), lambda: None)  # type: ignore[arg-type]
+    reason = leadership._tick_until_step_down(None)
+    assert reason is StepDownReason.RENEWALS_FAILED
+    last_start = jobs.started[-1][1]
+    assert last_start < keeper.expires_at - 2.0  # every tick ran with at least the margin left
+    assert len(jobs.started) >= 5
+
+
+def test_wall_clock_step_back_produces_no_duplicate_or_burst():
+    clock = FakeClock(wall=T0 + 0.5)
+    jobs = FakeJobs(clock)
+    box: list[LeaseKeeper] = []
+    stepped = []
+
+    def on_wait(c: FakeClock) -> None:
+        if box:
+            box[0].renewal_succeeded(c.monotonic(), 10.0)
+        if not stepped and c.monotonic() > 1003.0:
+            stepped.append(True)
+            c.step_wall(-3600.0)
+
+    cfg = Config(endpoints="127.0.0.1:2379", name="t", replica_id="r1")
+    keeper = LeaseKeeper(1, 10.0, clock.monotonic(), min_remaining_ttl_s=2.0, max_failed_renewals=2)
+    box.append(keeper)
+    election = Election()
+    election.campaign()
+    term = election.won(42, keeper)
+    end = clock.monotonic() + 8.0
+    leadership = Leadership(cfg, MemoryBackend(clock), clock, election, term, jobs, Stats("r1"),
+                            FakeWake(clock, on_wait),  # type: ignore[arg-type]
+                            lambda: StepDownReason.SHUTDOWN if clock.monotonic() >= end else None)
+    leadership._tick_until_step_down(None)
+    slots = [s for s, _ in jobs.started]
+    starts = [t for _, t in jobs.started]
+    assert len(set(slots)) == len(slots) and slots == sorted(slots)
+    assert all(b - a >= 0.99 for a, b in zip(starts, starts[1:]))  # never two ticks within a second
+    assert len(slots) >= 7
+
+
+def test_handover_slot_runs_at_once_if_it_is_the_current_second():
+    clock = FakeClock(wall=T0 + 0.004)
+    jobs = FakeJobs(clock)
+    start = clock.monotonic()
+    run_loop(clock, jobs, lambda c: None, stop_after_s=1.5, handover=T0 - 1)
+    assert jobs.started[0] == (T0, start)  # 4 ms late, but the second is not missed
+    assert jobs.started[1][0] == T0 + 1
