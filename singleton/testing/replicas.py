@@ -1,0 +1,75 @@
+"""Real `singleton run` processes writing to a tick ledger: for the process tests, the demo and chaos."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .ledger import HOLD_ENV, LEDGER_ENV, Tick, read_ledger
+
+LEDGER_JOB = "singleton.testing.ledger:record_tick"
+
+
+def timing_args(lease_ttl_s: float, keepalive_interval_s: float, min_remaining_ttl_s: float) -> list[str]:
+    return ["--lease-ttl", f"{lease_ttl_s:g}", "--keepalive-interval", f"{keepalive_interval_s:g}",
+            "--min-remaining-ttl", f"{min_remaining_ttl_s:g}"]
+
+
+class ReplicaSet:
+    def __init__(self, workdir: Path, endpoints: str, name: str, extra_args: list[str] | None = None,
+                 hold_s: float = 0.05) -> None:
+        self.workdir, self.endpoints, self.name = workdir, endpoints, name
+        self.ledger = workdir / "ledger.jsonl"
+        self.extra_args = extra_args or []
+        self.hold_s = hold_s
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, replica: str, endpoints: str | None = None) -> subprocess.Popen[bytes]:
+        env = {**os.environ, LEDGER_ENV: str(self.ledger), HOLD_ENV: str(self.hold_s)}
+        cmd = [sys.executable, "-m", "singleton", "run", "--endpoints", endpoints or self.endpoints,
+               "--name", self.name, "--job", LEDGER_JOB, "--id", replica, *self.extra_args]
+        with open(self.workdir / f"{replica}.log", "ab") as log:
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs[replica] = proc
+        return proc
+
+    def ticks(self) -> list[Tick]:
+        return read_ledger(self.ledger)
+
+    def current_leader(self) -> str | None:
+        """The replica that ticked last (from the ledger, never from the replicas' own claims)."""
+        ticks = self.ticks()
+        return ticks[-1].replica if ticks else None
+
+    def wait_ticks(self, n: int, timeout_s: float, replica: str | None = None, after: float = 0.0) -> list[Tick]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = [t for t in self.ticks() if t.start_mono > after and (replica is None or t.replica == replica)]
+            if len(found) >= n:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{n} ticks{' by ' + replica if replica else ''} not seen in {timeout_s} s; "
+                                     f"logs in {self.workdir}")
+            time.sleep(0.05)
+
+    def signal(self, replica: str, sig: int) -> None:
+        self.procs[replica].send_signal(sig)
+
+    def log(self, replica: str) -> str:
+        return (self.workdir / f"{replica}.log").read_text(errors="replace")
+
+    def stop_all(self, timeout_s: float = 15.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.terminate()
+        deadline = time.monotonic() + timeout_s
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
