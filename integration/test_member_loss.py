@@ -7,11 +7,13 @@ import time
 from pathlib import Path
 
 import pytest
+import tenacity
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import Recorder, make, wait_for  # noqa: E402
 
 from singleton.abc import WatchEvent  # noqa: E402
+from singleton.errors import BackendError  # noqa: E402
 from singleton.embedded import EtcdCluster  # noqa: E402
 from singleton.etcd import EtcdBackend  # noqa: E402
 
@@ -39,7 +41,12 @@ def test_standby_watch_survives_losing_its_member(etcd3: EtcdCluster, name: str,
     member.kill() if fault == "kill" else member.pause()
     try:
         time.sleep(0.3)
-        writer.revoke_lease(lease.lease_id, 5.0)  # the delete happens while the watcher's member is gone
+        # The delete happens while the watcher's member is gone. If that member was the raft leader, the
+        # others need an election first: retry, bounded.
+        for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(15), wait=tenacity.wait_fixed(0.3),
+                                         retry=tenacity.retry_if_exception_type(BackendError), reraise=True):
+            with attempt:
+                writer.revoke_lease(lease.lease_id, 3.0)
         t.join(15)
         assert events and events[0].deleted, f"watch lost the delete after its member was {fault}ed"
     finally:
