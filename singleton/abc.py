@@ -46,6 +46,9 @@ class WatchEvent:
 
 
 class Backend(ABC):
+    # Monotonic time of the last answer from the store (any call, or a watch message): for readiness.
+    last_ok_at: float = float("-inf")
+
     @abstractmethod
     def grant_lease(self, ttl_s: int, timeout_s: float) -> Lease: ...
 

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 from .config import Config
 from .errors import ConfigError, SingletonError
 from .jobs import JobFn
+from .logs import setup_logging
 
 ENV_PREFIX = "SINGLETON_"
 
@@ -61,10 +62,24 @@ def build_parser() -> argparse.ArgumentParser:
     _option(run, "--max-failed-renewals", type=int, default=2, help="step down after this many failures in a row")
     _option(run, "--stop-timeout", type=float, default=5.0, help="how long a graceful stop waits for the tick")
     _option(run, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    _option(run, "--log-format", default="text", help="text, or json (one object per line)")
+    _option(run, "--http-host", default="0.0.0.0", help="address of the /metrics, /healthz, /readyz server")
+    _option(run, "--http-port", type=int, default=9464, help="its port; 0 turns it off")
+    _option(run, "--admin-address", default="", help="[HOST:]PORT of the Admin gRPC API (off when empty; "
+            "a bare port binds 127.0.0.1)")
+    _option(run, "--admin-token-file", default="", help="file holding the bearer token the Admin API requires "
+            "(required beyond loopback)")
 
     status = sub.add_parser("status", help="who leads now")
     _add_connection(status)
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--json", action="store_true", help="machine-readable output (JSON lines with --watch)")
+    status.add_argument("--watch", action="store_true", help="follow leader changes live (an etcd watch)")
+    status.add_argument("--max-events", type=int, default=0, help="with --watch: stop after this many changes")
+
+    resign = sub.add_parser("resign", help="ask the current leader to step down gracefully")
+    _add_connection(resign)
+    resign.add_argument("--json", action="store_true", help="machine-readable output")
+    resign.add_argument("--timeout", type=float, default=15.0, help="how long to wait for the handover")
 
     demo = sub.add_parser("demo", help="3 replicas on an embedded local etcd, with a live failover")
     demo.add_argument("--replicas", type=int, default=3)
@@ -96,10 +111,19 @@ def _config(args: argparse.Namespace, **extra: Any) -> Config:
     return Config(endpoints=args.endpoints, name=args.name, prefix=args.prefix, **extra)
 
 
+def _read_token(path: str) -> str | None:
+    if not path:
+        return None
+    try:
+        token = open(path, encoding="utf-8").read().strip()
+    except OSError as err:
+        raise ConfigError(f"cannot read admin token file {path}: {err.strerror}") from None
+    if not token:
+        raise ConfigError(f"admin token file {path} is empty")
+    return token
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    level = getattr(logging, str(args.log_level).upper(), None)
-    if not isinstance(level, int):
-        raise ConfigError(f"bad log level {args.log_level!r}")
     extra: dict[str, Any] = {}
     if args.id:
         extra["replica_id"] = args.id
@@ -108,11 +132,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args, lease_ttl_s=args.lease_ttl, keepalive_interval_s=args.keepalive_interval,
                      min_remaining_ttl_s=args.min_remaining_ttl, max_failed_renewals=args.max_failed_renewals,
                      stop_timeout_s=args.stop_timeout, **extra)
-    job = load_job(args.job)  # both checked before anything touches etcd
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    job = load_job(args.job)  # all checked before anything touches etcd
+    setup_logging(args.log_level, args.log_format, config.replica_id)
+    token = _read_token(args.admin_token_file)
+    if args.admin_address:
+        from .admin import check_admin_exposure, parse_address
+
+        check_admin_exposure(parse_address(args.admin_address)[0], token)
+    if not 0 <= args.http_port <= 65535:
+        raise ConfigError(f"bad --http-port {args.http_port}")
+    from .observability import HttpServer, setup_telemetry
     from .runner import Singleton
 
-    Singleton(config, job).run()
+    setup_telemetry(config.replica_id)
+    singleton = Singleton(config, job)
+    closers: list[Callable[[], object]] = []
+    try:
+        if args.http_port:
+            http = HttpServer(args.http_host, args.http_port, singleton.health, singleton.readiness).start()
+            closers.append(http.close)
+            logging.getLogger("singleton").info("http server on %s:%d (/metrics /healthz /readyz)",
+                                                args.http_host, http.port)
+        if args.admin_address:
+            from .admin import serve_admin
+
+            server, _ = serve_admin(singleton, args.admin_address, token)
+            closers.append(lambda: server.stop(1.0))
+        singleton.run()
+    finally:
+        for close in closers:
+            close()
     return 0
 
 
@@ -141,6 +190,10 @@ def leader_status(config: Config, timeout_s: float = 3.0) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        from .watching import watch_leader
+
+        return watch_leader(_config(args), as_json=args.json, max_events=args.max_events)
     status = leader_status(_config(args))
     if args.json:
         print(json.dumps(status, indent=2))
@@ -163,6 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "status":
             return cmd_status(args)
+        if args.command == "resign":
+            from .watching import resign_leader
+
+            return resign_leader(_config(args), as_json=args.json, timeout_s=args.timeout)
         from .demo import run_demo
 
         return run_demo(replicas=args.replicas, phase_s=args.seconds)

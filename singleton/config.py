@@ -95,6 +95,10 @@ class Config:
     def handover_key(self) -> str:
         return f"{self.prefix}/{self.name}/handover"
 
+    @property
+    def resign_key(self) -> str:
+        return f"{self.prefix}/{self.name}/resign"
+
     def validate(self) -> None:
         ttl, margin, every = self.lease_ttl_s, self.min_remaining_ttl_s, self.keepalive_interval_s
         if not self.endpoints:

@@ -72,7 +72,7 @@ def run_demo(replicas: int = 3, phase_s: float = 8.0) -> int:
         env = {**os.environ, LEDGER_ENV: str(ledger)}
         for name in names:
             cmd = [sys.executable, "-m", "singleton", "run", "--endpoints", cluster.endpoints_arg, "--name", "demo",
-                   "--job", "singleton.testing.ledger:record_tick", "--id", name, *DEMO_TIMINGS]
+                   "--job", "singleton.testing.ledger:record_tick", "--id", name, "--http-port", "0", *DEMO_TIMINGS]
             with open(workdir / f"{name}.log", "ab") as log:
                 procs[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         view.start()

@@ -111,6 +111,7 @@ class EtcdBackend(Backend):
                 raise _translate(err, f"{what} via {self._endpoints[index]}") from err
             with self._lock:
                 self._current = index
+            self.last_ok_at = time.monotonic()
             return result
         if last is None:
             raise BackendTimeout(f"{what}: deadline of {timeout_s:g} s spent before any endpoint answered")
@@ -277,6 +278,7 @@ class _WatchStream:
                 if isinstance(item, BackendError):
                     raise item
                 last_heard, asked_at = time.monotonic(), None
+                backend.last_ok_at = last_heard
                 if item.compact_revision:
                     raise WatchCompacted(f"{self._where}: compacted at revision {item.compact_revision}")
                 if item.canceled:

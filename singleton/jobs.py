@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .abc import Backend
+from .telemetry import tracer
 
 log = logging.getLogger("singleton")
 
@@ -32,6 +33,7 @@ class TickContext:
     _backend: Backend = field(repr=False)
     _leader_key: str = field(repr=False)
     _timeout_s: float = field(repr=False, default=2.0)
+    lateness_s: float = 0.0  # how late the tick started after its slot's wall time
 
     @property
     def cancelled(self) -> bool:
@@ -47,6 +49,16 @@ class TickContext:
 
 
 JobFn = Callable[[TickContext], Any]
+
+
+def tick_span(ctx: TickContext) -> Any:
+    return tracer.start_as_current_span("singleton.tick", record_exception=False, attributes={
+        "singleton.replica_id": ctx.replica_id, "singleton.fencing_token": ctx.fencing_token,
+        "singleton.slot": ctx.slot, "singleton.lateness_s": ctx.lateness_s})
+
+
+def outcome(ctx: TickContext, error: BaseException | None) -> str:
+    return "failed" if error is not None else "cancelled" if ctx.cancelled else "ok"
 DoneFn = Callable[[TickContext, float, BaseException | None], None]
 
 
@@ -82,22 +94,26 @@ class JobRunner:
 
     async def _run_async(self, ctx: TickContext, started: float, finished: threading.Event) -> None:
         error: BaseException | None = None
-        try:
-            await self._job(ctx)
-        except asyncio.CancelledError:
-            pass  # we cancelled it on step-down: not a job failure
-        except Exception as exc:  # noqa: BLE001 - reported, the ticker goes on
-            error = exc
+        with tick_span(ctx) as span:
+            try:
+                await self._job(ctx)
+            except asyncio.CancelledError:
+                pass  # we cancelled it on step-down: not a job failure
+            except Exception as exc:  # noqa: BLE001 - reported, the ticker goes on
+                error = exc
+            span.set_attribute("singleton.outcome", outcome(ctx, error))
         self._finish(ctx, started, finished, error)
 
     def _run_sync(self, ctx: TickContext, started: float, finished: threading.Event) -> None:
         error: BaseException | None = None
-        try:
-            result = self._job(ctx)
-            if inspect.isawaitable(result):  # a plain function that returned a coroutine
-                asyncio.run_coroutine_threadsafe(result, self._event_loop()).result()  # type: ignore[arg-type]
-        except BaseException as exc:  # noqa: BLE001 - the job's failure is reported, the ticker goes on
-            error = exc
+        with tick_span(ctx) as span:
+            try:
+                result = self._job(ctx)
+                if inspect.isawaitable(result):  # a plain function that returned a coroutine
+                    asyncio.run_coroutine_threadsafe(result, self._event_loop()).result()  # type: ignore[arg-type]
+            except BaseException as exc:  # noqa: BLE001 - the job's failure is reported, the ticker goes on
+                error = exc
+            span.set_attribute("singleton.outcome", outcome(ctx, error))
         self._finish(ctx, started, finished, error)
 
     def _finish(self, ctx: TickContext, started: float, finished: threading.Event, error: BaseException | None) -> None:

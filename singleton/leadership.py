@@ -44,6 +44,8 @@ class Leadership:
         self._over = threading.Event()
         self.last_started_slot: int | None = None
         self.last_tick_wall: float | None = None
+        # Heartbeats of the two loops, read by /healthz: a wedged loop stops beating.
+        self.ticker_beat = self.keepalive_beat = clock.monotonic()
 
     @property
     def _tag(self) -> str:
@@ -53,20 +55,23 @@ class Leadership:
     def _keepalive_loop(self, first_sent_at: float) -> None:
         cfg, keeper = self.config, self.term.keeper
         next_at = first_sent_at + cfg.keepalive_interval_s
+        self.keepalive_beat = self.clock.monotonic()
         while not self._over.wait(max(0.0, next_at - self.clock.monotonic())):
-            sent_at = self.clock.monotonic()
+            sent_at = self.keepalive_beat = self.clock.monotonic()
             try:
                 ttl = self.backend.keep_alive_once(keeper.lease_id, cfg.renewal_deadline_s)
                 keeper.renewal_succeeded(sent_at, ttl)
+                self.stats.renewal(self.clock.monotonic() - sent_at)
                 if ttl <= 0:
                     log.warning("lease %x is gone at etcd %s", keeper.lease_id, self._tag)
             except BackendError as err:
                 failures = keeper.renewal_failed()
-                self.stats.renewal_failed()
+                self.stats.renewal(None)
                 log.warning("renewal failed (%d in a row) %s: %s", failures, self._tag, err)
             else:
                 self._check_key_still_ours()
             self._wake.set()
+            self.keepalive_beat = self.clock.monotonic()
             next_at = sent_at + cfg.keepalive_interval_s
 
     def _check_key_still_ours(self) -> None:
@@ -80,10 +85,24 @@ class Leadership:
             self.term.keeper.mark_lost(StepDownReason.LEADERSHIP_LOST)
 
     # --- the ticker ------------------------------------------------------------------------------------
-    def run(self, first_sent_at: float, handover_last_slot: int | None) -> TermOutcome:
+    def _resign_watch(self, start_revision: int, request_resign: Callable[[], None]) -> None:
+        """`singleton resign` writes our token to the resign key; a watch (not a poll) brings it here."""
+        try:
+            for event in self.backend.watch(self.config.resign_key, start_revision, self._over):
+                if not event.deleted and event.kv.value == str(self.term.fencing_token).encode():
+                    log.info("resign requested through etcd %s", self._tag)
+                    request_resign()
+                    return
+        except BackendError as err:
+            log.info("resign watch ended %s: %s", self._tag, err)
+
+    def run(self, first_sent_at: float, handover_last_slot: int | None, won_revision: int,
+            request_resign: Callable[[], None]) -> TermOutcome:
         keepalive = threading.Thread(target=self._keepalive_loop, args=(first_sent_at,), daemon=True,
                                      name="singleton-keepalive")
         keepalive.start()
+        threading.Thread(target=self._resign_watch, args=(won_revision + 1, request_resign), daemon=True,
+                         name="singleton-resign-watch").start()
         try:
             reason = self._tick_until_step_down(handover_last_slot)
         finally:
@@ -98,6 +117,7 @@ class Leadership:
         while True:
             self._wake.clear()
             mono, wall = clock.monotonic(), clock.wall()
+            self.ticker_beat = mono
             # The lease check runs right before every tick, so a process that was paused past its lease
             # (GC, SIGSTOP, VM freeze) steps down instead of ticking.
             reason = self._stop_reason() or self.election.check(mono)
@@ -120,7 +140,7 @@ class Leadership:
             else:
                 self.jobs.start(TickContext(self.term.fencing_token, plan.slot, plan.scheduled_at,
                                             cfg.replica_id, threading.Event(), self.backend, cfg.leader_key,
-                                            cfg.call_timeout_s))
+                                            cfg.call_timeout_s, lateness_s=due.lateness_s))
                 self.last_started_slot, self.last_tick_wall = plan.slot, wall
                 self.stats.tick("run", due.lateness_s)
             plan = plan_next(plan.slot, clock.wall(), clock.monotonic())

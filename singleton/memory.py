@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -63,6 +64,7 @@ class MemoryBackend(Backend):
         if self._hung:
             threading.Event().wait(timeout_s)
             raise BackendTimeout(f"memory backend hung: no answer within {timeout_s:g} s")
+        self.last_ok_at = time.monotonic()
 
     def _expire_locked(self) -> None:
         now = self._clock.monotonic()
@@ -191,6 +193,8 @@ class MemoryBackend(Backend):
                 if not ready:
                     # Short waits so leases expire on time and `stop` is noticed.
                     self._cond.wait(0.02)
+                    if not (self._hung or self._down):
+                        self.last_ok_at = time.monotonic()
                     continue
             for event in ready:
                 next_revision = event.revision + 1

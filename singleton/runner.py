@@ -6,7 +6,9 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import tenacity
@@ -19,8 +21,8 @@ from .errors import BackendError, WatchCompacted
 from .jobs import JobFn, JobRunner, TickContext
 from .leadership import Leadership
 from .lease import LeaseKeeper, StepDownReason
-from .records import decode_handover, leader_record
-from .telemetry import Stats
+from .records import decode_handover, decode_leader, leader_record
+from .telemetry import GaugeSource, Stats, register_gauges, tracer
 
 log = logging.getLogger("singleton")
 
@@ -28,7 +30,20 @@ ElectedFn = Callable[[int], Any]
 SteppedDownFn = Callable[[StepDownReason], Any]
 
 
-class Singleton:
+@dataclass(frozen=True)
+class ReplicaStatus:
+    replica_id: str
+    role: str
+    leader_id: str  # as this replica last saw it; "" when none is known
+    fencing_token: int  # ours while leading, else the leader's as last seen (0: none)
+    lease_remaining_s: float  # local view, while leading
+    last_tick_slot: int
+    last_tick_unix_s: float
+    counters: dict[str, int]
+    last_step_down_reason: str
+
+
+class Singleton(GaugeSource):
     """Runs `job` once per second on exactly one replica among all that share `config.name`.
 
     >>> s = Singleton(Config(endpoints="http://127.0.0.1:2379", name="report"), job=my_job)
@@ -54,6 +69,14 @@ class Singleton:
         self._on_stepped_down: list[SteppedDownFn] = []
         self._leadership: Leadership | None = None
         self._vacancy_revision: int | None = None  # revision of the leader-key delete that ended our wait
+        self._vacancy_seen_at: float | None = None  # monotonic time we saw it
+        self._leader_seen: tuple[str, int] = ("", 0)  # (replica id, token) of the leader as last seen
+        self._last_tick: tuple[int, float] = (0, 0.0)
+        self._runner_thread: threading.Thread | None = None
+        self._status_changed = threading.Condition()
+        self._status_version = 0
+        self.replica_id = config.replica_id
+        register_gauges(self)
 
     # --- registration and listeners -----------------------------------------------------------------
     def job(self, fn: JobFn) -> JobFn:
@@ -90,6 +113,7 @@ class Singleton:
         if handle_signals and threading.current_thread() is threading.main_thread():
             self._install_signal_handlers()
         jobs = JobRunner(self._job, self._job_done)
+        self._runner_thread = threading.current_thread()
         log.info("replica %s starting for %s on %s", self.config.replica_id, self.config.leader_key,
                  ",".join(map(str, self.config.endpoints)))
         try:
@@ -102,6 +126,7 @@ class Singleton:
         finally:
             if self.election.role is not Role.STOPPED:
                 self.election.stop()
+            self._changed()
             jobs.wait_idle(self.config.stop_timeout_s)
             jobs.close()
             self.backend.close()
@@ -181,6 +206,15 @@ class Singleton:
         return None
 
     def _campaign_once(self) -> tuple[Term | None, CampaignResult, float]:
+        with tracer.start_as_current_span("singleton.campaign", attributes={"singleton.replica_id":
+                                                                           self.config.replica_id}) as span:
+            term, result, sent_at = self._campaign_attempt()
+            span.set_attribute("singleton.won", term is not None)
+            span.set_attribute("singleton.fencing_token", result.fencing_token)
+        self._see_leader(result.leader)
+        return term, result, sent_at
+
+    def _campaign_attempt(self) -> tuple[Term | None, CampaignResult, float]:
         cfg = self.config
         self.election.campaign()
         sent_at = self.clock.monotonic()
@@ -225,9 +259,11 @@ class Singleton:
                     start = event.revision + 1
                     if event.deleted:
                         log.info("leader key deleted at revision %d: campaigning", event.revision)
-                        self._vacancy_revision = event.revision
+                        self._vacancy_revision, self._vacancy_seen_at = event.revision, self.clock.monotonic()
+                        self._see_leader(None)
                         return
-                    log.info("leader changed: token %d", event.kv.create_revision)
+                    self._see_leader(event.kv)
+                    log.info("leader changed: %s token %d", self._leader_seen[0], event.kv.create_revision)
                 return
             except WatchCompacted:
                 try:
@@ -242,19 +278,27 @@ class Singleton:
     def _lead(self, term: Term, result: CampaignResult, sent_at: float, jobs: JobRunner) -> None:
         cfg = self.config
         self._resign.clear()
-        self.stats.won()
+        vacant_for = None if self._vacancy_seen_at is None else self.clock.monotonic() - self._vacancy_seen_at
+        self._vacancy_seen_at = None
+        self.stats.won(vacant_for)
         log.info("elected leader of %s replica=%s token=%d", cfg.leader_key, cfg.replica_id, term.fencing_token)
-        self._notify(self._on_elected, term.fencing_token)
         leadership = Leadership(cfg, self.backend, self.clock, self.election, term, jobs, self.stats, self._wake,
-                                self._requested_step_down,
-                                lambda reason: self._notify(self._on_stepped_down, reason))
+                                self._requested_step_down, self._stepping_down)
         self._leadership = leadership
-        outcome = leadership.run(sent_at, self._handover_slot(result))
-        self._leadership = None
+        self._changed()
+        self._notify(self._on_elected, term.fencing_token)
+        try:
+            outcome = leadership.run(sent_at, self._handover_slot(result), result.revision, self.resign)
+        finally:
+            if leadership.last_started_slot:
+                self._last_tick = (leadership.last_started_slot, leadership.last_tick_wall or 0.0)
+            self._leadership = None
+            self._see_leader(None)
         if outcome.reason is StepDownReason.SHUTDOWN:
             self.election.stop()
             return
         self.election.stepped_down()
+        self._changed()
         if outcome.reason is StepDownReason.RESIGNED:
             self._stop.wait(1.0)  # give the standbys the first shot at the vacancy we just made
 
@@ -265,6 +309,86 @@ class Singleton:
             return None
         handover = decode_handover(kv.value)
         return handover.last_slot if handover and handover.last_slot > 0 else None
+
+    def _stepping_down(self, reason: StepDownReason) -> None:
+        self._changed()
+        self._notify(self._on_stepped_down, reason)
+
+    # --- status, health, readiness ------------------------------------------------------------------
+    def _see_leader(self, kv: Any) -> None:
+        if kv is None:
+            seen = ("", 0)
+        else:
+            record = decode_leader(kv.value)
+            seen = (record.replica_id if record else "?", kv.create_revision)
+        if seen != self._leader_seen:
+            self._leader_seen = seen
+            self._changed()
+
+    def _changed(self) -> None:
+        with self._status_changed:
+            self._status_version += 1
+            self._status_changed.notify_all()
+
+    def wait_for_change(self, version: int, timeout_s: float) -> int:
+        """Block until the status version passes `version` (or timeout); returns the current version."""
+        with self._status_changed:
+            self._status_changed.wait_for(lambda: self._status_version != version, timeout_s)
+            return self._status_version
+
+    @property
+    def status_version(self) -> int:
+        return self._status_version
+
+    def status(self) -> ReplicaStatus:
+        leadership, term = self._leadership, self.election.term
+        leading = leadership is not None and term is not None
+        if leading and leadership is not None and term is not None:
+            leader_id, token = self.config.replica_id, term.fencing_token
+            remaining = max(0.0, term.keeper.remaining_s(self.clock.monotonic()))
+            last = (leadership.last_started_slot or self._last_tick[0],
+                    leadership.last_tick_wall or self._last_tick[1])
+        else:
+            (leader_id, token), remaining, last = self._leader_seen, 0.0, self._last_tick
+        reason = self.election.step_down_reason
+        return ReplicaStatus(self.config.replica_id, self.election.role.value, leader_id, token, remaining,
+                             last[0], last[1], self.stats.counters(), reason.value if reason else "")
+
+    def gauge_values(self) -> dict[str, float]:
+        leading = self.is_leader
+        term = self.election.term
+        return {"is_leader": 1.0 if leading else 0.0,
+                "fencing_token": float(term.fencing_token) if leading and term else 0.0,
+                "lease_remaining": max(0.0, term.keeper.remaining_s(self.clock.monotonic())) if leading and term
+                else 0.0}
+
+    def health(self) -> list[str]:
+        """Problems that mean this process is wedged (liveness); empty when healthy."""
+        problems = []
+        thread = self._runner_thread
+        if thread is None or not thread.is_alive():
+            problems.append("the replica loop is not running")
+        leadership = self._leadership
+        if leadership is not None:
+            now, cfg = self.clock.monotonic(), self.config
+            if now - leadership.ticker_beat > 3.0:  # it wakes at least once a second
+                problems.append(f"ticker loop stuck for {now - leadership.ticker_beat:.1f} s")
+            keepalive_bound = cfg.keepalive_interval_s + 2 * cfg.renewal_deadline_s + 2.0
+            if now - leadership.keepalive_beat > keepalive_bound:
+                problems.append(f"keepalive loop stuck for {now - leadership.keepalive_beat:.1f} s")
+        return problems
+
+    def readiness(self) -> list[str]:
+        """Reasons this replica is not ready: not connected to etcd, or not in a known role."""
+        problems = []
+        role = self.election.role
+        if role not in (Role.LEADER, Role.FOLLOWER):
+            problems.append(f"role is {role.value}")
+        window = max(5.0, 2 * self.config.keepalive_interval_s + self.config.call_timeout_s)
+        silent = time.monotonic() - self.backend.last_ok_at
+        if silent > window:
+            problems.append(f"no answer from etcd for {silent:.1f} s")
+        return problems
 
     def _requested_step_down(self) -> StepDownReason | None:
         if self._stop.is_set():

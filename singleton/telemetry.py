@@ -1,28 +1,66 @@
-"""Counters every replica keeps, mirrored to OpenTelemetry instruments (no-ops unless an SDK is set up)."""
+"""What every replica counts, kept in-process (Stats) and sent to OpenTelemetry instruments.
+
+The instruments come from the global OpenTelemetry API and are no-ops until a MeterProvider or
+TracerProvider is installed (`observability.setup_telemetry` does that for `singleton run`; a library
+user installs their own). Names are under `singleton.`; durations are in seconds.
+"""
 from __future__ import annotations
 
 import threading
+import weakref
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from opentelemetry import metrics
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Observation
 
-_meter = metrics.get_meter("singleton")
-_elections_won = _meter.create_counter("singleton.elections_won", description="Campaigns this replica won")
-_step_downs = _meter.create_counter("singleton.step_downs", description="Step-downs, by reason")
-_ticks = _meter.create_counter("singleton.ticks", description="Slots handled, by outcome")
-_renewals_failed = _meter.create_counter("singleton.renewals_failed", description="Lease renewals that failed")
-_job_duration = _meter.create_histogram("singleton.job_duration", unit="s", description="Job run time")
-_tick_lateness = _meter.create_histogram("singleton.tick_lateness", unit="s", description="Tick start - slot time")
+meter = metrics.get_meter("singleton")
+tracer = trace.get_tracer("singleton")
+
+_elections_won = meter.create_counter("singleton.elections_won", description="Campaigns this replica won")
+_step_downs = meter.create_counter("singleton.step_downs", description="Step-downs, by reason")
+_ticks = meter.create_counter("singleton.ticks", description="Slots handled, by outcome: run, ok, failed, "
+                              "skipped (previous run still going), late (woken after its second)")
+_renewals_failed = meter.create_counter("singleton.renewals_failed", description="Lease renewals that failed")
+_renewal_latency = meter.create_histogram("singleton.renewal_latency", unit="s", description="Lease renewal round trip")
+_job_duration = meter.create_histogram("singleton.job_duration", unit="s", description="Job run time")
+_tick_lateness = meter.create_histogram("singleton.tick_lateness", unit="s", description="Tick start minus slot time")
+_takeover_time = meter.create_histogram("singleton.takeover_time", unit="s",
+                                        description="How long the leader key was vacant before this replica won")
+
+# Live gauges read each replica's state through a callback; replicas register themselves here.
+_gauge_sources: weakref.WeakSet[GaugeSource] = weakref.WeakSet()
+
+
+class GaugeSource:
+    replica_id: str
+
+    def gauge_values(self) -> dict[str, float]:  # is_leader, fencing_token, lease_remaining
+        raise NotImplementedError
+
+
+def _observe(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def callback(_options: CallbackOptions) -> Iterable[Observation]:
+        for source in list(_gauge_sources):
+            yield Observation(source.gauge_values()[name], {"replica_id": source.replica_id})
+    return callback
+
+
+meter.create_observable_gauge("singleton.is_leader", [_observe("is_leader")], description="1 while this replica leads")
+meter.create_observable_gauge("singleton.fencing_token", [_observe("fencing_token")],
+                              description="The current term's fencing token (0 when not leading)")
+meter.create_observable_gauge("singleton.lease_remaining", [_observe("lease_remaining")], unit="s",
+                              description="Lease left, by the leader's local monotonic clock (0 when not leading)")
+
+
+def register_gauges(source: GaugeSource) -> None:
+    _gauge_sources.add(source)
 
 
 @dataclass
 class Stats:
-    """Plain counters, readable in-process (tests, `status`), and the same figures sent to OpenTelemetry.
-
-    Tick outcomes: run (started), ok, failed (job raised), skipped (previous run still going), late
-    (woken after the slot's second had passed: never run late).
-    """
+    """Plain counters, readable in-process (tests, the admin API), mirrored to the instruments above."""
 
     replica_id: str
     elections_won: int = 0
@@ -34,20 +72,26 @@ class Stats:
     def _attrs(self, **extra: str) -> dict[str, str]:
         return {"replica_id": self.replica_id, **extra}
 
-    def won(self) -> None:
+    def won(self, vacant_for_s: float | None) -> None:
         with self._lock:
             self.elections_won += 1
         _elections_won.add(1, self._attrs())
+        if vacant_for_s is not None:
+            _takeover_time.record(vacant_for_s, self._attrs())
 
     def stepped_down(self, reason: str) -> None:
         with self._lock:
             self.step_downs[reason] += 1
         _step_downs.add(1, self._attrs(reason=reason))
 
-    def renewal_failed(self) -> None:
-        with self._lock:
-            self.renewals_failed += 1
-        _renewals_failed.add(1, self._attrs())
+    def renewal(self, latency_s: float | None) -> None:
+        """A renewal round trip; None when it failed."""
+        if latency_s is None:
+            with self._lock:
+                self.renewals_failed += 1
+            _renewals_failed.add(1, self._attrs())
+        else:
+            _renewal_latency.record(latency_s, self._attrs())
 
     def tick(self, outcome: str, lateness_s: float | None = None) -> None:
         with self._lock:
@@ -60,7 +104,10 @@ class Stats:
         self.tick("failed" if failed else "ok")
         _job_duration.record(duration_s, self._attrs())
 
-    def snapshot(self) -> dict[str, object]:
+    def counters(self) -> dict[str, int]:
         with self._lock:
-            return {"elections_won": self.elections_won, "renewals_failed": self.renewals_failed,
-                    "step_downs": dict(self.step_downs), "ticks": dict(self.ticks)}
+            out = {"elections_won": self.elections_won, "renewals_failed": self.renewals_failed,
+                   "step_downs": sum(self.step_downs.values())}
+            for outcome in ("run", "ok", "failed", "skipped", "late"):
+                out[f"ticks_{outcome}"] = self.ticks[outcome]
+            return out

@@ -27,10 +27,13 @@ class ReplicaSet:
         self.hold_s = hold_s
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, replica: str, endpoints: str | None = None) -> subprocess.Popen[bytes]:
+    def start(self, replica: str, endpoints: str | None = None, extra_args: list[str] | None = None,
+              job: str = LEDGER_JOB) -> subprocess.Popen[bytes]:
         env = {**os.environ, LEDGER_ENV: str(self.ledger), HOLD_ENV: str(self.hold_s)}
+        # --http-port 0: many replicas share this machine; a test that wants the server passes its own port.
         cmd = [sys.executable, "-m", "singleton", "run", "--endpoints", endpoints or self.endpoints,
-               "--name", self.name, "--job", LEDGER_JOB, "--id", replica, *self.extra_args]
+               "--name", self.name, "--job", job, "--id", replica, "--http-port", "0", *self.extra_args,
+               *(extra_args or [])]
         with open(self.workdir / f"{replica}.log", "ab") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs[replica] = proc

@@ -1,0 +1,102 @@
+"""The Admin gRPC service (proto/singleton/v1/admin.proto) of one replica."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+
+from .errors import ConfigError
+from .runner import Singleton
+from .v1 import admin_pb2, admin_pb2_grpc
+
+log = logging.getLogger("singleton")
+
+
+def to_proto(singleton: Singleton) -> admin_pb2.Status:
+    st = singleton.status()
+    return admin_pb2.Status(replica_id=st.replica_id, role=st.role, leader_id=st.leader_id,
+                            fencing_token=st.fencing_token, lease_remaining_s=st.lease_remaining_s,
+                            last_tick_slot=st.last_tick_slot, last_tick_unix_s=st.last_tick_unix_s,
+                            counters=st.counters, last_step_down_reason=st.last_step_down_reason,
+                            unix_s=time.time())
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, singleton: Singleton, token: str | None) -> None:
+        self._singleton, self._token = singleton, token
+
+    def _authorize(self, context: grpc.ServicerContext) -> None:
+        if self._token is None:
+            return
+        metadata = dict(context.invocation_metadata())
+        if metadata.get("authorization") != f"Bearer {self._token}":
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong admin token")
+
+    def GetStatus(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.Status:  # noqa: N802
+        self._authorize(context)
+        return to_proto(self._singleton)
+
+    def Resign(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.ResignResponse:  # noqa: N802
+        self._authorize(context)
+        token = self._singleton.fencing_token or 0
+        if not self._singleton.is_leader:
+            return admin_pb2.ResignResponse(resigned=False, fencing_token=0)
+        log.info("resign requested through the admin API")
+        self._singleton.resign()
+        return admin_pb2.ResignResponse(resigned=True, fencing_token=token)
+
+    def WatchStatus(self, request: Any, context: grpc.ServicerContext) -> Iterator[admin_pb2.Status]:  # noqa: N802
+        self._authorize(context)
+        version = self._singleton.status_version
+        yield to_proto(self._singleton)
+        while context.is_active():
+            new = self._singleton.wait_for_change(version, 1.0)
+            if new != version:
+                version = new
+                yield to_proto(self._singleton)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`PORT` (loopback) or `HOST:PORT`."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"bad admin address {text!r}: expected [HOST:]PORT") from None
+    if not 0 <= number <= 65535:
+        raise ConfigError(f"bad admin address {text!r}: port out of range")
+    return host, number
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_admin_exposure(host: str, token: str | None) -> None:
+    """The admin API can make the leader resign: beyond loopback it needs a token."""
+    if not is_loopback(host) and not token:
+        raise ConfigError(f"admin address {host} is not loopback: give --admin-token-file (or bind 127.0.0.1)")
+
+
+def serve_admin(singleton: Singleton, address: str, token: str | None = None) -> tuple[grpc.Server, int]:
+    host, port = parse_address(address)
+    check_admin_exposure(host, token)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="singleton-admin"))
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminService(singleton, token), server)
+    bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    if bound == 0:
+        raise ConfigError(f"cannot bind the admin API to {address}")
+    server.start()
+    log.info("admin API on %s:%d", host, bound)
+    return server, bound
