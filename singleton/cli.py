@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .config import Config
-from .errors import ConfigError, SingletonError
+from .errors import AuthError, ConfigError, SingletonError
 from .jobs import JobFn
 from .logs import setup_logging
 
@@ -45,6 +45,11 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
     _option(parser, "--endpoints", required=True, help="etcd endpoints, comma-separated http://HOST:PORT")
     _option(parser, "--name", required=True, help="the job's name: replicas with the same name share one leader")
     _option(parser, "--prefix", default="/singleton", help="key prefix")
+    _option(parser, "--cacert", default="", help="CA bundle (PEM) that signed the etcd server certificates")
+    _option(parser, "--cert", default="", help="client certificate (PEM), for etcd --client-cert-auth")
+    _option(parser, "--key", default="", help="the client certificate's private key (PEM)")
+    _option(parser, "--user", default="", help="etcd user (password from --password-file or SINGLETON_PASSWORD)")
+    _option(parser, "--password-file", default="", help="file holding the etcd user's password")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +113,27 @@ def load_job(path: str) -> JobFn:
 
 
 def _config(args: argparse.Namespace, **extra: Any) -> Config:
-    return Config(endpoints=args.endpoints, name=args.name, prefix=args.prefix, **extra)
+    return Config(endpoints=args.endpoints, name=args.name, prefix=args.prefix, cacert=args.cacert or None,
+                  cert=args.cert or None, key=args.key or None, user=args.user or None,
+                  password_file=args.password_file or None, **extra)
+
+
+def preflight(config: Config, timeout_s: float = 5.0) -> None:
+    """One authenticated, permission-checked call that changes nothing. A refused CA, certificate, password
+    or permission does not fix itself: fail now, in one line (exit 2). etcd merely being unreachable may:
+    log it and let the replica's own loop retry with backoff."""
+    from .errors import AuthError, BackendError
+    from .etcd import EtcdBackend
+
+    backend = EtcdBackend.from_config(config)
+    try:
+        backend.check_write_access(config.leader_key, timeout_s)
+    except AuthError as err:
+        raise ConfigError(f"etcd refused our credentials: {err}") from err
+    except BackendError as err:
+        logging.getLogger("singleton").warning("etcd not reachable yet (%s); will keep trying", err)
+    finally:
+        backend.close()
 
 
 def _read_token(path: str) -> str | None:
@@ -144,6 +169,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .observability import HttpServer, setup_telemetry
     from .runner import Singleton
 
+    preflight(config)
     setup_telemetry(config.replica_id)
     singleton = Singleton(config, job)
     closers: list[Callable[[], object]] = []
@@ -169,7 +195,7 @@ def leader_status(config: Config, timeout_s: float = 3.0) -> dict[str, Any]:
     from .etcd import EtcdBackend
     from .records import decode_leader
 
-    backend = EtcdBackend(config.endpoints)
+    backend = EtcdBackend.from_config(config)
     try:
         kv, revision = backend.get(config.leader_key, timeout_s)
         status: dict[str, Any] = {"name": config.name, "key": config.leader_key, "revision": revision,
@@ -225,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(replicas=args.replicas, phase_s=args.seconds)
     except ConfigError as err:
         print(f"singleton: error: {err}", file=sys.stderr)
+        return 2
+    except AuthError as err:  # status/resign: a refused credential is the caller's configuration
+        print(f"singleton: error: etcd refused our credentials: {err}", file=sys.stderr)
         return 2
     except SingletonError as err:
         print(f"singleton: {err}", file=sys.stderr)

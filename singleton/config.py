@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .security import Credentials, load_credentials
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -74,6 +75,14 @@ class Config:
     call_timeout_s: float = 2.0
     stop_timeout_s: float = 5.0
     campaign_backoff_max_s: float = 2.0
+    # TLS files (paths) and etcd auth; the password itself never comes from a flag.
+    cacert: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    user: str | None = None
+    password_file: str | None = None
+    password: str | None = field(default=None, repr=False)
+    credentials: Credentials | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not all(isinstance(e, Endpoint) for e in self.endpoints) or not isinstance(self.endpoints, tuple):
@@ -81,6 +90,10 @@ class Config:
         if self.renewal_timeout_s is None:
             object.__setattr__(self, "renewal_timeout_s", min(1.0, self.keepalive_interval_s / 2))
         self.validate()
+        credentials = load_credentials(self.cacert, self.cert, self.key, self.user, self.password_file, self.password)
+        if credentials and credentials.tls and not all(e.secure for e in self.endpoints):
+            raise ConfigError("TLS options were given but an endpoint is http://: use https:// endpoints")
+        object.__setattr__(self, "credentials", credentials)
 
     @property
     def renewal_deadline_s(self) -> float:

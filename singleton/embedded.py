@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .config import Endpoint
 from .errors import BackendError, SingletonError
+from .security import Credentials
 
 
 def etcd_binary(name: str = "etcd") -> str:
@@ -41,15 +42,17 @@ def free_port() -> int:
 
 
 class EtcdMember:
-    def __init__(self, name: str, data_dir: Path, client_port: int, peer_port: int, log_path: Path) -> None:
+    def __init__(self, name: str, data_dir: Path, client_port: int, peer_port: int, log_path: Path,
+                 scheme: str = "http", extra_args: tuple[str, ...] = ()) -> None:
         self.name, self.data_dir, self.log_path = name, data_dir, log_path
+        self.scheme, self.extra_args = scheme, extra_args
         self.client_port, self.peer_port = client_port, peer_port
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
 
     @property
     def endpoint(self) -> Endpoint:
-        return Endpoint("127.0.0.1", self.client_port)
+        return Endpoint("127.0.0.1", self.client_port, self.scheme == "https")
 
     @property
     def peer_url(self) -> str:
@@ -60,12 +63,13 @@ class EtcdMember:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, initial_cluster: str, token: str) -> None:
-        url = f"http://127.0.0.1:{self.client_port}"
+        url = f"{self.scheme}://127.0.0.1:{self.client_port}"
         args = [etcd_binary(), "--name", self.name, "--data-dir", str(self.data_dir),
                 "--listen-client-urls", url, "--advertise-client-urls", url,
                 "--listen-peer-urls", self.peer_url, "--initial-advertise-peer-urls", self.peer_url,
                 "--initial-cluster", initial_cluster, "--initial-cluster-state", "new",
-                "--initial-cluster-token", token, "--log-level", "warn", "--listen-metrics-urls", ""]
+                "--initial-cluster-token", token, "--log-level", "warn", "--listen-metrics-urls", "",
+                *self.extra_args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.paused = False
@@ -105,15 +109,18 @@ class EtcdMember:
 class EtcdCluster:
     """`with EtcdCluster(3) as cluster: cluster.endpoints` — a real etcd cluster on 127.0.0.1."""
 
-    def __init__(self, size: int = 1, base_dir: str | Path | None = None) -> None:
+    def __init__(self, size: int = 1, base_dir: str | Path | None = None, *, scheme: str = "http",
+                 extra_args: tuple[str, ...] = (), credentials: Credentials | None = None) -> None:
+        """`scheme`, `extra_args` (e.g. TLS flags) and `credentials` (for our health checks) serve TLS tests."""
         if size < 1:
             raise ValueError("size must be >= 1")
         self._own_dir = base_dir is None
         self.base_dir = Path(base_dir or tempfile.mkdtemp(prefix="singleton-etcd-"))
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.token = f"singleton-{os.getpid()}-{free_port()}"
+        self.credentials = credentials
         self.members = [EtcdMember(f"m{i}", self.base_dir / f"m{i}.etcd", free_port(), free_port(),
-                                   self.base_dir / f"m{i}.log") for i in range(size)]
+                                   self.base_dir / f"m{i}.log", scheme, extra_args) for i in range(size)]
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -143,7 +150,7 @@ class EtcdCluster:
 
         deadline = time.monotonic() + timeout_s
         for member in members or self.members:
-            backend = EtcdBackend([member.endpoint])
+            backend = EtcdBackend([member.endpoint], credentials=self.credentials)
             try:
                 while True:
                     if not member.running:

@@ -34,5 +34,9 @@ class AuthError(BackendError):
     """Credentials were refused (bad password, bad certificate, missing permission)."""
 
 
+class TlsError(AuthError):
+    """The TLS handshake failed: an unknown CA, a rejected or missing client certificate."""
+
+
 class WatchCompacted(BackendError):
     """A watch asked for history that etcd has compacted away; restart from a fresh read."""

@@ -22,8 +22,9 @@ from etcd3.etcdrpc import rpc_pb2_grpc as pb_grpc
 
 from .abc import Backend, CampaignResult, KeyValue, Lease, WatchEvent
 from .config import Endpoint
-from .errors import (AuthError, BackendError, BackendTimeout, BackendUnavailable, LeaseNotFound,
+from .errors import (AuthError, BackendError, BackendTimeout, BackendUnavailable, LeaseNotFound, TlsError,
                      WatchCompacted)
+from .security import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,13 @@ def _translate(err: grpc.RpcError, what: str) -> BackendError:
     message = f"{what}: {code.name.lower() if code else 'error'}: {details}"
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return BackendTimeout(message)
+    lowered = details.lower()
+    if code is grpc.StatusCode.UNAVAILABLE and any(w in lowered for w in ("ssl", "handshake", "certificate", "tls")):
+        return TlsError(message)
     if code is grpc.StatusCode.UNAVAILABLE:
         return BackendUnavailable(message)
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
+            code is grpc.StatusCode.INVALID_ARGUMENT and ("authentication failed" in lowered or "user" in lowered)):
         return AuthError(message)
     if code is grpc.StatusCode.NOT_FOUND and "lease" in details:
         return LeaseNotFound(message)
@@ -59,11 +64,13 @@ def _kv(kv: Any) -> KeyValue:
 
 
 class EtcdBackend(Backend):
-    def __init__(self, endpoints: Sequence[Endpoint], *, watch_check_interval_s: float = 3.0,
-                 watch_check_timeout_s: float = 2.0) -> None:
+    def __init__(self, endpoints: Sequence[Endpoint], *, credentials: Credentials | None = None,
+                 watch_check_interval_s: float = 3.0, watch_check_timeout_s: float = 2.0) -> None:
         if not endpoints:
             raise ValueError("at least one endpoint")
         self._endpoints = list(endpoints)
+        self._credentials = credentials
+        self._token: str | None = None  # etcd auth token, when a user is configured
         self._lock = threading.Lock()
         self._current = 0
         self._channels: dict[int, grpc.Channel] = {}
@@ -77,7 +84,10 @@ class EtcdBackend(Backend):
             if channel is None:
                 endpoint = self._endpoints[index]
                 if endpoint.secure:
-                    channel = grpc.secure_channel(endpoint.target, grpc.ssl_channel_credentials(), _CHANNEL_OPTIONS)
+                    creds = self._credentials or Credentials()
+                    channel = grpc.secure_channel(endpoint.target, grpc.ssl_channel_credentials(
+                        root_certificates=creds.ca, private_key=creds.key, certificate_chain=creds.cert),
+                        _CHANNEL_OPTIONS)
                 else:
                     channel = grpc.insecure_channel(endpoint.target, _CHANNEL_OPTIONS)
                 self._channels[index] = channel
@@ -87,6 +97,17 @@ class EtcdBackend(Backend):
         with self._lock:
             if self._current == index:
                 self._current = (index + 1) % len(self._endpoints)
+
+    def _metadata(self, channel: grpc.Channel, remaining: float) -> list[tuple[str, str]]:
+        """The auth token for every call; fetched (Authenticate) when missing or expired."""
+        creds = self._credentials
+        if creds is None or creds.user is None:
+            return []
+        if self._token is None:
+            resp = pb_grpc.AuthStub(channel).Authenticate(
+                pb.AuthenticateRequest(name=creds.user, password=creds.password or ""), timeout=remaining)
+            self._token = resp.token
+        return [("token", self._token or "")]
 
     def _call(self, what: str, invoke: Callable[[grpc.Channel, float], Any], timeout_s: float) -> Any:
         """Run `invoke(channel, remaining_s)` on the current endpoint; on a refusal try the next ones
@@ -105,6 +126,14 @@ class EtcdBackend(Backend):
                 result = invoke(self._channel(index), remaining)
             except grpc.RpcError as err:
                 last = err
+                if err.code() is grpc.StatusCode.UNAUTHENTICATED and self._token is not None:
+                    self._token = None  # expired (etcd's simple tokens live 5 minutes): authenticate again
+                    try:
+                        result = invoke(self._channel(index), deadline - time.monotonic())
+                    except grpc.RpcError as again:
+                        raise _translate(again, f"{what} via {self._endpoints[index]}") from again
+                    self.last_ok_at = time.monotonic()
+                    return result
                 self._rotate_from(index)
                 if err.code() is grpc.StatusCode.UNAVAILABLE:
                     continue
@@ -118,7 +147,19 @@ class EtcdBackend(Backend):
         raise _translate(last, f"{what} (tried {len(self._endpoints)} endpoint(s))") from last
 
     def _unary(self, what: str, stub_cls: Any, method: str, request: Any, timeout_s: float) -> Any:
-        return self._call(what, lambda ch, t: getattr(stub_cls(ch), method)(request, timeout=t), timeout_s)
+        return self._call(what, lambda ch, t: getattr(stub_cls(ch), method)(
+            request, timeout=t, metadata=self._metadata(ch, t)), timeout_s)
+
+    @classmethod
+    def from_config(cls, config: Any, **kwargs: Any) -> EtcdBackend:
+        return cls(config.endpoints, credentials=config.credentials, **kwargs)
+
+    def check_write_access(self, key: str, timeout_s: float) -> None:
+        """Authenticate and prove we may write `key`, changing nothing: etcd checks the permissions of
+        every operation in a transaction, also those of a branch that does not run."""
+        never = pb.Compare(key=key.encode(), target=pb.Compare.VERSION, result=pb.Compare.EQUAL, version=-1)
+        put = pb.RequestOp(request_put=pb.PutRequest(key=key.encode(), value=b""))
+        self._txn(f"check write access to {key}", pb.TxnRequest(compare=[never], success=[put]), timeout_s)
 
     # --- leases --------------------------------------------------------------------------------------
     def grant_lease(self, ttl_s: int, timeout_s: float) -> Lease:
@@ -130,7 +171,8 @@ class EtcdBackend(Backend):
     def keep_alive_once(self, lease_id: int, timeout_s: float) -> float:
         def invoke(channel: grpc.Channel, remaining: float) -> float:
             stream = pb_grpc.LeaseStub(channel).LeaseKeepAlive(iter([pb.LeaseKeepAliveRequest(ID=lease_id)]),
-                                                               timeout=remaining)
+                                                               timeout=remaining,
+                                                               metadata=self._metadata(channel, remaining))
             try:
                 for resp in stream:
                     return float(resp.TTL)
@@ -260,7 +302,12 @@ class _WatchStream:
 
     def __iter__(self) -> Iterator[WatchEvent]:
         backend = self._backend
-        call = pb_grpc.WatchStub(backend._channel(self._index)).Watch(self._request_iter())
+        channel = backend._channel(self._index)
+        try:
+            metadata = backend._metadata(channel, backend._watch_check_timeout_s)
+        except grpc.RpcError as err:
+            raise _translate(err, self._where) from err
+        call = pb_grpc.WatchStub(channel).Watch(self._request_iter(), metadata=metadata)
         threading.Thread(target=self._read, args=(call,), daemon=True, name="singleton-watch-reader").start()
         last_heard, asked_at = time.monotonic(), None
         try:

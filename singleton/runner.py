@@ -56,7 +56,7 @@ class Singleton(GaugeSource):
         self.clock = clock or SystemClock()
         if backend is None:
             from .etcd import EtcdBackend
-            backend = EtcdBackend(config.endpoints)
+            backend = EtcdBackend.from_config(config)
         self.backend = backend
         self._job = job
         self.election = Election()

@@ -29,7 +29,7 @@ def watch_leader(config: Config, *, as_json: bool, max_events: int = 0, timeout_
     for sig in (signal.SIGINT, signal.SIGTERM):
         if threading.current_thread() is threading.main_thread():
             signal.signal(sig, lambda *_: stop.set())
-    backend = EtcdBackend(config.endpoints)
+    backend = EtcdBackend.from_config(config)
     try:
         kv, revision = backend.get(config.leader_key, timeout_s)
         last_change = time.monotonic()
@@ -61,7 +61,7 @@ def watch_leader(config: Config, *, as_json: bool, max_events: int = 0, timeout_
 def resign_leader(config: Config, *, as_json: bool, timeout_s: float = 15.0, call_timeout_s: float = 3.0) -> int:
     """Ask the leader to step down: write its token to the resign key (guarded by that token), then wait
     until the leader key has another holder or is vacant."""
-    backend = EtcdBackend(config.endpoints)
+    backend = EtcdBackend.from_config(config)
     try:
         kv, _ = backend.get(config.leader_key, call_timeout_s)
         if kv is None:
