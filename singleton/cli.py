@@ -20,6 +20,10 @@ ENV_PREFIX = "SINGLETON_"
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:  # one clear line, exit 2, no usage dump
         self.exit(2, f"singleton: error: {message}\n")
 
@@ -53,7 +57,9 @@ def _add_connection(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="singleton", description="Run one job once per second on exactly one replica.")
+    # No abbreviations: `--password x` must not be taken as `--password-file x`.
+    parser = _Parser(prog="singleton", description="Run one job once per second on exactly one replica.",
+                     allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run one replica")
@@ -235,6 +241,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # gRPC's C core would print its own lines (TLS handshake failures) to stderr; we report errors ourselves.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,143 @@
+"""The manifests and the container recipe, checked offline: Kubernetes schemas (strict), yamllint, and
+agreement with the real CLI options and health server."""
+from __future__ import annotations
+
+import re
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from yamllint import config as yamllint_config
+from yamllint import linter
+
+from singleton.cli import build_parser, env_name
+from singleton.observability import HttpServer
+from singleton.security import PASSWORD_ENV
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+MANIFESTS = sorted(p for p in K8S.rglob("*.yaml") if p.name != "kustomization.yaml")
+KUBERNETES_VERSION = "1.30.0"
+
+
+def docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def all_docs() -> dict[str, dict[str, Any]]:
+    return {f"{d['kind']}/{d['metadata']['name']}": d for p in MANIFESTS for d in docs(p)}
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: str(p.relative_to(K8S)))
+def test_manifest_is_valid_in_strict_mode(path: Path) -> None:
+    for doc in docs(path):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_strict_validation_can_fail() -> None:
+    bad = docs(K8S / "pdb.yaml")[0]
+    bad["spec"]["maxUnavialable"] = 1  # a typo must not pass
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(bad, KUBERNETES_VERSION, strict=True)
+
+
+def test_yamllint() -> None:
+    conf = yamllint_config.YamlLintConfig("{extends: default, rules: {line-length: {max: 200}}}")
+    problems = [f"{p}:{e.line}: {e.message}" for p in sorted(K8S.rglob("*.yaml"))
+                for e in linter.run(p.read_text(), conf)]
+    assert not problems, problems
+
+
+def test_kustomizations_list_existing_files() -> None:
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        for resource in yaml.safe_load(kustomization.read_text())["resources"]:
+            assert (kustomization.parent / resource).exists(), f"{kustomization}: {resource} missing"
+
+
+def run_options() -> set[str]:
+    parser = build_parser()
+    run = parser._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
+    return {opt for action in run._actions for opt in action.option_strings if opt.startswith("--")}
+
+
+def test_container_command_args_and_env_are_real_run_options() -> None:
+    manifests = all_docs()
+    deployment = manifests["Deployment/singleton"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["singleton"] and container["args"] == ["run"]
+    accepted = {env_name(opt) for opt in run_options()} | {PASSWORD_ENV}
+    env_names = {e["name"] for e in container["env"]}
+    configmap = manifests["ConfigMap/singleton-config"]["data"]
+    unknown = (env_names | set(configmap)) - accepted
+    assert not unknown, f"not options of `singleton run`: {unknown}"
+    assert {"SINGLETON_ENDPOINTS", "SINGLETON_NAME", "SINGLETON_JOB"} <= set(configmap)
+    ref = container["envFrom"][0]["configMapRef"]["name"]
+    assert f"ConfigMap/{ref}" in manifests
+    secret_refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+    assert all(f"Secret/{name}" in manifests for name in secret_refs)
+    id_env = next(e for e in container["env"] if e["name"] == "SINGLETON_ID")
+    assert id_env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_the_example_job_in_the_configmap_imports() -> None:
+    from singleton.cli import load_job
+
+    assert callable(load_job(all_docs()["ConfigMap/singleton-config"]["data"]["SINGLETON_JOB"]))
+
+
+def test_probes_match_the_health_server() -> None:
+    manifests = all_docs()
+    spec = manifests["Deployment/singleton"]["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    port = next(p for p in container["ports"] if p["name"] == "http")["containerPort"]
+    assert str(port) == manifests["ConfigMap/singleton-config"]["data"]["SINGLETON_HTTP_PORT"]
+    assert manifests["Service/singleton-metrics"]["spec"]["ports"][0]["targetPort"] == "http"
+    assert any(r["ports"][0]["port"] == port for r in manifests["NetworkPolicy/singleton"]["spec"]["ingress"])
+    server = HttpServer("127.0.0.1", 0, lambda: [], lambda: ["not yet"]).start()
+    try:
+        for probe, expected in (("livenessProbe", 200), ("readinessProbe", 503)):
+            assert container[probe]["httpGet"]["port"] == "http"
+            path = container[probe]["httpGet"]["path"]
+            try:
+                code = urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=3).status
+            except urllib.error.HTTPError as err:
+                code = err.code
+            assert code == expected, (probe, path, code)
+    finally:
+        server.close()
+
+
+def test_pod_hardening_and_rollout_safety() -> None:
+    manifests = all_docs()
+    deployment = manifests["Deployment/singleton"]["spec"]
+    pod = deployment["template"]["spec"]
+    container = pod["containers"][0]
+    assert deployment["replicas"] == 3
+    assert deployment["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["topologySpreadConstraints"] and pod["affinity"]["podAntiAffinity"]
+    stop_timeout = float(manifests["ConfigMap/singleton-config"]["data"]["SINGLETON_STOP_TIMEOUT"])
+    assert pod["terminationGracePeriodSeconds"] >= stop_timeout + 10
+    assert manifests["PodDisruptionBudget/singleton"]["spec"]["maxUnavailable"] == 1
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+def test_containerfile_installs_without_dev_extras_as_non_root() -> None:
+    text = (ROOT / "Containerfile").read_text()
+    assert re.search(r"^FROM python:3\.\d+-slim", text, re.M)
+    assert re.search(r"^RUN pip install \.\s", text, re.M) and "[dev]" not in text
+    user = re.search(r"^USER (\S+)", text, re.M)
+    assert user and not user.group(1).startswith(("root", "0"))
+    assert 'ENTRYPOINT ["singleton"]' in text and 'CMD ["run"]' in text
+    assert "EXPOSE 9464" in text
+    copied = re.findall(r"^COPY (.+) \S+$", text, re.M)
+    for item in " ".join(copied).split():
+        assert (ROOT / item).exists(), f"Containerfile copies {item}, which does not exist"
