@@ -1,21 +1,18 @@
 """A 3-member etcd: the standby's watch and the leader's renewals survive losing the member they use."""
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import tenacity
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import Recorder, make, wait_for  # noqa: E402
+from singleton.testing.recorder import Recorder, make, wait_for
 
-from singleton.abc import WatchEvent  # noqa: E402
-from singleton.errors import BackendError  # noqa: E402
-from singleton.embedded import EtcdCluster  # noqa: E402
-from singleton.etcd import EtcdBackend  # noqa: E402
+from singleton.abc import WatchEvent
+from singleton.errors import BackendError
+from singleton.embedded import EtcdCluster
+from singleton.etcd import EtcdBackend
 
 
 @pytest.mark.parametrize("fault", ["kill", "pause"])

@@ -15,15 +15,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import FAST, Recorder, make, wait_for  # noqa: E402
+from singleton.testing.recorder import FAST, Recorder, make, wait_for
 
-from singleton.embedded import EtcdCluster, free_port  # noqa: E402
-from singleton.observability import HttpServer  # noqa: E402
-from singleton.testing.ledger import duplicate_slots, overlaps  # noqa: E402
-from singleton.testing.proxy import CuttableProxy  # noqa: E402
-from singleton.testing.replicas import ReplicaSet, timing_args  # noqa: E402
-from singleton.v1 import admin_pb2, admin_pb2_grpc  # noqa: E402
+from singleton.embedded import EtcdCluster, free_port
+from singleton.observability import HttpServer
+from singleton.testing.ledger import duplicate_slots, overlaps
+from singleton.testing.proxy import CuttableProxy
+from singleton.testing.replicas import ReplicaSet, timing_args
+from singleton.v1 import admin_pb2, admin_pb2_grpc
 
 
 def get(url: str) -> tuple[int, str]:

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from helpers import FAST, Recorder, make, wait_for
+from singleton.testing.recorder import FAST, Recorder, make, wait_for
 from singleton import BackendTimeout, Role, StepDownReason
 from singleton.embedded import EtcdCluster
 from singleton.etcd import EtcdBackend

@@ -97,17 +97,23 @@ class FakeWake:
         return False
 
 
+def new_keeper(clock: FakeClock) -> LeaseKeeper:
+    return LeaseKeeper(1, 10.0, clock.monotonic(), min_remaining_ttl_s=2.0, max_failed_renewals=2)
+
+
 def run_loop(clock: FakeClock, jobs: FakeJobs, on_wait: Callable[[FakeClock], None],
-             stop_after_s: float = 20.0, handover: int | None = None) -> tuple[StepDownReason, LeaseKeeper]:
+             stop_after_s: float | None = 20.0, handover: int | None = None,
+             keeper: LeaseKeeper | None = None) -> tuple[StepDownReason, LeaseKeeper]:
+    """Run one term's tick loop to its end; renewals, pauses and clock steps happen in `on_wait`."""
     cfg = Config(endpoints="127.0.0.1:2379", name="t", replica_id="r1")
-    keeper = LeaseKeeper(1, 10.0, clock.monotonic(), min_remaining_ttl_s=2.0, max_failed_renewals=2)
+    keeper = keeper or new_keeper(clock)
     election = Election()
     election.campaign()
     term = election.won(42, keeper)
-    end = clock.monotonic() + stop_after_s
+    end = None if stop_after_s is None else clock.monotonic() + stop_after_s
     leadership = Leadership(cfg, MemoryBackend(clock), clock, election, term, jobs, Stats("r1"),
                             FakeWake(clock, on_wait),  # type: ignore[arg-type]
-                            lambda: StepDownReason.SHUTDOWN if clock.monotonic() >= end else None)
+                            lambda: StepDownReason.SHUTDOWN if end is not None and clock.monotonic() >= end else None)
     return leadership._tick_until_step_down(handover), keeper
 
 
@@ -147,30 +153,16 @@ def test_pause_past_the_lease_never_ticks_afterwards():
 def test_renewals_keep_it_ticking_and_two_failures_stop_it_before_the_lease_lapses():
     clock = FakeClock(wall=T0 + 0.5)
     jobs = FakeJobs(clock)
-    box: list[LeaseKeeper] = []
+    keeper = new_keeper(clock)
     failing_from = 1006.0
 
     def on_wait(c: FakeClock) -> None:
-        if c.monotonic() >= failing_from:
-            box[0].renewal_failed()  # every renewal from now on fails
-
-    def start_hook(c: FakeClock) -> None:
-        if not box:
-            return
         if c.monotonic() < failing_from:
-            box[0].renewal_succeeded(c.monotonic(), 10.0)
+            keeper.renewal_succeeded(c.monotonic(), 10.0)
         else:
-            on_wait(c)
+            keeper.renewal_failed()  # every renewal from now on fails
 
-    cfg = Config(endpoints="127.0.0.1:2379", name="t", replica_id="r1")
-    keeper = LeaseKeeper(1, 10.0, clock.monotonic(), min_remaining_ttl_s=2.0, max_failed_renewals=2)
-    box.append(keeper)
-    election = Election()
-    election.campaign()
-    term = election.won(42, keeper)
-    leadership = Leadership(cfg, MemoryBackend(clock), clock, election, term, jobs, Stats("r1"),
-                            FakeWake(clock, start_hook), lambda: None)  # type: ignore[arg-type]
-    reason = leadership._tick_until_step_down(None)
+    reason, _ = run_loop(clock, jobs, on_wait, stop_after_s=None, keeper=keeper)
     assert reason is StepDownReason.RENEWALS_FAILED
     last_start = jobs.started[-1][1]
     assert last_start < keeper.expires_at - 2.0  # every tick ran with at least the margin left
@@ -180,27 +172,16 @@ def test_renewals_keep_it_ticking_and_two_failures_stop_it_before_the_lease_laps
 def test_wall_clock_step_back_produces_no_duplicate_or_burst():
     clock = FakeClock(wall=T0 + 0.5)
     jobs = FakeJobs(clock)
-    box: list[LeaseKeeper] = []
+    keeper = new_keeper(clock)
     stepped = []
 
     def on_wait(c: FakeClock) -> None:
-        if box:
-            box[0].renewal_succeeded(c.monotonic(), 10.0)
+        keeper.renewal_succeeded(c.monotonic(), 10.0)
         if not stepped and c.monotonic() > 1003.0:
             stepped.append(True)
             c.step_wall(-3600.0)
 
-    cfg = Config(endpoints="127.0.0.1:2379", name="t", replica_id="r1")
-    keeper = LeaseKeeper(1, 10.0, clock.monotonic(), min_remaining_ttl_s=2.0, max_failed_renewals=2)
-    box.append(keeper)
-    election = Election()
-    election.campaign()
-    term = election.won(42, keeper)
-    end = clock.monotonic() + 8.0
-    leadership = Leadership(cfg, MemoryBackend(clock), clock, election, term, jobs, Stats("r1"),
-                            FakeWake(clock, on_wait),  # type: ignore[arg-type]
-                            lambda: StepDownReason.SHUTDOWN if clock.monotonic() >= end else None)
-    leadership._tick_until_step_down(None)
+    run_loop(clock, jobs, on_wait, stop_after_s=8.0, keeper=keeper)
     slots = [s for s, _ in jobs.started]
     starts = [t for _, t in jobs.started]
     assert len(set(slots)) == len(slots) and slots == sorted(slots)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from certs import CA
-from helpers import FAST, Recorder, wait_for
+from singleton.testing.recorder import FAST, Recorder, wait_for
 from singleton import Config, Singleton
 from singleton.embedded import EtcdCluster
 from singleton.security import Credentials

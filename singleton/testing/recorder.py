@@ -1,4 +1,4 @@
-"""Shared helpers for tests that run Singletons in-process against a real etcd."""
+"""In-process helpers for tests of Singletons: a recording job with the safety checks, and a bounded wait."""
 from __future__ import annotations
 
 import threading

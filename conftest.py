@@ -1,3 +1,4 @@
+"""Fixtures shared by tests/ and integration/: real etcd on free loopback ports."""
 from __future__ import annotations
 
 import uuid
