@@ -64,12 +64,12 @@ class Pair:
 def pair(etcd: EtcdCluster, tmp_path: Path, name: str) -> Iterator[Pair]:
     rs = ReplicaSet(tmp_path, etcd.endpoints_arg, name, timing_args(*FAST.values()), hold_s=0.1)
     ports = {r: (free_port(), free_port()) for r in ("a", "b")}
-    rs.start("a", extra_args=["--http-port", str(ports["a"][0]), "--admin-address", str(ports["a"][1])])
-    rs.wait_ticks(1, 15, replica="a")
-    rs.start("b", extra_args=["--http-port", str(ports["b"][0]), "--admin-address", str(ports["b"][1])])
-    p = Pair(rs, ports)
-    wait_for(lambda: get(f"http://127.0.0.1:{ports['b'][0]}/readyz")[0] == 200, 10, "b ready")
-    try:
+    try:  # every process started here is stopped, whatever fails
+        rs.start("a", extra_args=["--http-port", str(ports["a"][0]), "--admin-address", str(ports["a"][1])])
+        rs.wait_ticks(1, 15, replica="a")
+        rs.start("b", extra_args=["--http-port", str(ports["b"][0]), "--admin-address", str(ports["b"][1])])
+        p = Pair(rs, ports)
+        wait_for(lambda: get(f"http://127.0.0.1:{ports['b'][0]}/readyz")[0] == 200, 10, "b ready")
         yield p
     finally:
         rs.stop_all()

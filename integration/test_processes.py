@@ -25,9 +25,9 @@ def replicas(request: pytest.FixtureRequest, etcd: EtcdCluster, tmp_path: Path, 
     ttl, every, margin = getattr(request, "param", FAST)
     rs = ReplicaSet(tmp_path, etcd.endpoints_arg, name, timing_args(ttl, every, margin), hold_s=0.2)
     rs.ttl_s = ttl  # type: ignore[attr-defined]
-    for i in range(3):
-        rs.start(f"r{i}")
-    try:
+    try:  # every process started here is stopped, whatever fails
+        for i in range(3):
+            rs.start(f"r{i}")
         rs.wait_ticks(3, 20)
         yield rs
     finally:
