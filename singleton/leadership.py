@@ -105,9 +105,9 @@ class Leadership:
                          name="singleton-resign-watch").start()
         try:
             reason = self._tick_until_step_down(handover_last_slot)
+            self._step_down(reason, keepalive)
         finally:
-            self._over.set()
-        self._step_down(reason, keepalive)
+            self._over.set()  # the keepalive and resign watch end with the term, whatever happened
         return TermOutcome(reason, self.last_started_slot)
 
     def _tick_until_step_down(self, handover_last_slot: int | None) -> StepDownReason:
@@ -154,19 +154,32 @@ class Leadership:
                     keeper.remaining_s(self.clock.monotonic()))
         self._on_step_down(reason)
         if reason.graceful:
-            # Let the tick in flight finish while we still hold the lease, then cancel it.
-            if not self.jobs.wait_idle(cfg.stop_timeout_s):
-                log.warning("tick still running after %.1f s; cancelling it %s", cfg.stop_timeout_s, self._tag)
-                self.jobs.cancel()
-                self.jobs.wait_idle(1.0)
+            self._finish_tick_while_renewing(cfg.stop_timeout_s)
+            self._over.set()
             self._resign()
         else:
+            self._over.set()
             self.jobs.cancel()  # the lease may be about to lapse: the job must stop writing now
         try:
             self.backend.revoke_lease(keeper.lease_id, cfg.call_timeout_s)
         except BackendError as err:
             log.warning("could not revoke lease %x (it expires by itself) %s: %s", keeper.lease_id, self._tag, err)
         keepalive.join(timeout=cfg.renewal_deadline_s + 1.0)
+
+    def _finish_tick_while_renewing(self, timeout_s: float) -> None:
+        """Let the tick in flight finish, keeping the lease alive meanwhile (the keepalive thread still
+        runs): a standby must not take over while it runs. Cancel it at the timeout, or at once if the
+        lease gets into trouble while we wait."""
+        deadline = self.clock.monotonic() + timeout_s
+        while not self.jobs.wait_idle(0.05):
+            now = self.clock.monotonic()
+            trouble = self.term.keeper.step_down_reason(now)
+            if trouble is not None or now >= deadline:
+                log.warning("cancelling the running tick (%s) %s",
+                            trouble.value if trouble else f"still running after {timeout_s:g} s", self._tag)
+                self.jobs.cancel()
+                self.jobs.wait_idle(1.0)
+                return
 
     def _resign(self) -> None:
         """Leave the handover record and delete the leader key in one transaction, so the standby that

@@ -152,3 +152,26 @@ def test_etcd_down_at_start_retries_with_a_clear_message_then_wins(name: str, ca
     finally:
         s.stop()
         cluster.stop()
+
+
+def test_graceful_stop_keeps_the_lease_while_a_tick_longer_than_the_lease_finishes(etcd: EtcdCluster,
+                                                                                   name: str) -> None:
+    """Found by the chaos suite: the keepalive must go on while a graceful stop waits for the tick,
+    or the lease lapses under a running tick and a standby starts ticking beside it."""
+    rec = Recorder(hold_s=4.5)  # longer than the 3 s lease; the job stops early only if cancelled
+    a = make(etcd.endpoints, name, "a", rec, **FAST, stop_timeout_s=6.0)
+    b = make(etcd.endpoints, name, "b", rec, **FAST)
+    try:
+        a.start()
+        wait_for(lambda: rec.by("a"), 5, "a's first tick")
+        b.start()
+        time.sleep(0.3)
+        a.stop()
+        tick = rec.by("a")[0]
+        assert tick.end is not None and tick.end - tick.start >= 4.4, "the tick was cut short"
+        wait_for(lambda: rec.by("b"), 5, "b to tick after a's tick ended")
+    finally:
+        a.stop()
+        b.stop()
+    assert rec.by("b")[0].start >= tick.end, "b ticked while a's tick was still running"
+    rec.assert_safe()
