@@ -92,6 +92,17 @@ def build_parser() -> argparse.ArgumentParser:
     resign.add_argument("--json", action="store_true", help="machine-readable output")
     resign.add_argument("--timeout", type=float, default=15.0, help="how long to wait for the handover")
 
+    chaos = sub.add_parser("chaos", help="failover chaos scenarios with a report and a timeline picture")
+    chaos.add_argument("--endpoints", default="", help="your etcd (keys go under /singleton-chaos/); "
+                       "default: an embedded etcd")
+    chaos.add_argument("--members", type=int, default=3, help="members of the embedded etcd (1 or 3)")
+    chaos.add_argument("--replicas", type=int, default=3)
+    chaos.add_argument("--scenarios", default="all", help="all, or names separated by commas")
+    chaos.add_argument("--rounds", type=int, default=1)
+    chaos.add_argument("--out", default="chaos-out", help="where report.md and timeline.png go")
+    chaos.add_argument("--fast", action="store_true", help="3/1/0.6 s timings instead of the defaults 10/3/2")
+    chaos.add_argument("--broken-replicas", action="store_true", help=argparse.SUPPRESS)  # proves checks can fail
+
     demo = sub.add_parser("demo", help="3 replicas on an embedded local etcd, with a live failover")
     demo.add_argument("--replicas", type=int, default=3)
     demo.add_argument("--seconds", type=float, default=8.0, help="how long each phase runs")
@@ -254,6 +265,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .watching import resign_leader
 
             return resign_leader(_config(args), as_json=args.json, timeout_s=args.timeout)
+        if args.command == "chaos":
+            from .chaos.command import run_chaos
+
+            return run_chaos(endpoints=args.endpoints, replicas=args.replicas, scenarios=args.scenarios,
+                             rounds=args.rounds, out=args.out, fast=args.fast, members=args.members,
+                             broken=args.broken_replicas)
         from .demo import run_demo
 
         return run_demo(replicas=args.replicas, phase_s=args.seconds)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -186,7 +185,7 @@ class Leadership:
         sees the delete also learns which slot comes next."""
         cfg = self.config
         handover = Handover(replica_id=cfg.replica_id, fencing_token=self.term.fencing_token,
-                            last_slot=self.last_started_slot or 0, written_at_unix_s=time.time())
+                            last_slot=self.last_started_slot or 0, written_at_unix_s=self.clock.wall())
         try:
             if not self.backend.resign(cfg.leader_key, self.term.fencing_token, cfg.handover_key,
                                        handover.SerializeToString(), cfg.call_timeout_s):

@@ -18,6 +18,11 @@ from ..jobs import TickContext
 
 LEDGER_ENV = "SINGLETON_LEDGER"
 HOLD_ENV = "SINGLETON_LEDGER_HOLD_S"  # how long each tick "works" (default 0.05 s)
+FAIL_EVERY_ENV = "SINGLETON_LEDGER_FAIL_EVERY"  # raise after every Nth slot (0: never)
+
+
+class TickFailed(RuntimeError):
+    """The chaos harness's deliberately failing job."""
 
 
 def _append(path: str, record: dict[str, object]) -> None:
@@ -35,6 +40,9 @@ def record_tick(ctx: TickContext) -> None:
     _append(path, {**base, "ev": "start", "mono": time.monotonic(), "wall": time.time()})
     ctx.cancel_event.wait(float(os.environ.get(HOLD_ENV, "0.05")))
     _append(path, {**base, "ev": "end", "mono": time.monotonic(), "wall": time.time(), "cancelled": ctx.cancelled})
+    fail_every = int(os.environ.get(FAIL_EVERY_ENV, "0"))
+    if fail_every and ctx.slot % fail_every == 0:
+        raise TickFailed(f"slot {ctx.slot}: failing on purpose (every {fail_every})")
 
 
 @dataclass

@@ -1,0 +1,67 @@
+"""The chaos harness in CI: every scenario once at --fast timings on a 3-member etcd, one scenario at the
+default 10/3/2, the report and the timeline, and proof that the checks fail for a replica that ignores
+its lease. Long runs: `singleton chaos --rounds N` (see README)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from singleton.chaos.harness import DEFAULT, FAST, Harness, ScenarioRun
+from singleton.chaos.report import write_report, write_timeline
+from singleton.chaos.scenarios import SCENARIOS, run_scenario
+from singleton.chaos.verdict import Verdict
+
+RESULTS: list[tuple[Verdict, ScenarioRun]] = []
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    h = Harness(tmp_path_factory.mktemp("chaos"), members=3, replicas=3, timings=FAST).start()
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_scenario_holds_at_fast_timings(harness: Harness, scenario: str) -> None:
+    verdict, run = run_scenario(harness, scenario)
+    RESULTS.append((verdict, run))  # type: ignore[arg-type]
+    assert verdict.held, verdict.violations
+    assert verdict.ticks > 0 and run.events  # type: ignore[attr-defined]
+
+
+def test_report_and_timeline_are_written(harness: Harness) -> None:
+    assert RESULTS, "run after the scenarios"
+    report = write_report(harness.out_dir, RESULTS, FAST, "embedded, 3 members", 60.0)
+    timeline = write_timeline(harness.out_dir, RESULTS)
+    text = report.read_text()
+    assert "every invariant held" in text and "| sigkill-leader |" in text
+    assert timeline.stat().st_size > 10_000 and timeline.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(150)
+def test_partition_holds_at_the_default_timings(tmp_path: Path) -> None:
+    h = Harness(tmp_path, members=1, replicas=3, timings=DEFAULT).start()
+    try:
+        verdict, _ = run_scenario(h, "partition-leader")
+    finally:
+        h.close()
+    assert verdict.held, verdict.violations
+    assert verdict.takeovers_s and verdict.takeovers_s[0] <= DEFAULT.lease_ttl_s + 1.5
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scenario", ["partition-leader", "sigstop-leader"])
+def test_a_replica_that_ignores_its_lease_fails_the_invariants(tmp_path: Path, scenario: str) -> None:
+    h = Harness(tmp_path, members=1, replicas=2, timings=FAST).start()
+    try:
+        verdict, _ = run_scenario(h, scenario, broken=True)
+    finally:
+        h.close()
+    assert not verdict.held
+    assert verdict.overlaps or verdict.duplicate_slots or any("cut leader" in v for v in verdict.violations), \
+        verdict.violations

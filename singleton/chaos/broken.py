@@ -1,0 +1,22 @@
+"""`python -m singleton.chaos.broken run ...`: a deliberately broken replica that ignores its lease.
+
+It never steps down on its own (no remaining-TTL check, no failed-renewal count). It exists only to prove
+that the chaos invariants can fail: a cut-off or paused leader of this kind goes on ticking while a
+standby takes over, and the ledger shows the overlap.
+"""
+from __future__ import annotations
+
+import sys
+
+
+def main() -> int:
+    from ..lease import LeaseKeeper
+
+    LeaseKeeper.step_down_reason = lambda self, now: None  # type: ignore[method-assign]
+    from ..cli import main as cli_main
+
+    return cli_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

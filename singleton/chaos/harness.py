@@ -1,0 +1,270 @@
+"""The cluster under test: etcd (embedded, or the user's endpoints), N replica processes each behind its own
+cuttable TCP proxies, a tick ledger, and the record of every fault injected."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Config, Endpoint
+from ..embedded import EtcdCluster, EtcdMember, etcd_binary
+from ..errors import BackendError
+from ..etcd import EtcdBackend
+from ..testing.ledger import FAIL_EVERY_ENV, HOLD_ENV, Tick
+from ..testing.proxy import CuttableProxy
+from ..testing.replicas import ReplicaSet, timing_args
+from .clockstep import CLOCK_FILE_ENV
+
+PREFIX = "/singleton-chaos"
+
+
+@dataclass(frozen=True)
+class Timings:
+    lease_ttl_s: float = 10
+    keepalive_interval_s: float = 3.0
+    min_remaining_ttl_s: float = 2.0
+    max_failed_renewals: int = 2
+
+    @property
+    def renewal_timeout_s(self) -> float:
+        return min(1.0, self.keepalive_interval_s / 2)
+
+    @property
+    def partition_stop_bound_s(self) -> float:
+        """A cut-off leader stops within this long of the cut: two renewals, or the margin, whichever first."""
+        return min(self.max_failed_renewals * self.keepalive_interval_s + self.renewal_timeout_s,
+                   self.lease_ttl_s - self.min_remaining_ttl_s)
+
+    def args(self) -> list[str]:
+        return timing_args(self.lease_ttl_s, self.keepalive_interval_s, self.min_remaining_ttl_s)
+
+
+DEFAULT = Timings()
+FAST = Timings(3, 1.0, 0.6)
+
+
+@dataclass
+class FaultEvent:
+    name: str
+    kind: str  # graceful, crash, pause, partition, etcd, job, clock, herd
+    at_mono: float
+    target: str
+    healed_at_mono: float | None = None
+    old_leader: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class ScenarioRun:
+    """One scenario's evidence: the ledger, the faults, and what etcd said."""
+
+    name: str
+    workdir: Path
+    namespace: str
+    started_mono: float
+    events: list[FaultEvent] = field(default_factory=list)
+    leaked_leases: list[str] = field(default_factory=list)
+    key_events: list[tuple[float, bool, int]] = field(default_factory=list)  # (monotonic, deleted, token) from etcd
+    stale_write_refused: bool | None = None
+    ticks: list[Tick] = field(default_factory=list)
+
+
+class Harness:
+    def __init__(self, out_dir: Path, *, endpoints: list[Endpoint] | None = None, members: int = 1,
+                 replicas: int = 3, timings: Timings = DEFAULT, hold_s: float = 0.05) -> None:
+        self.out_dir, self.replica_count, self.timings, self.hold_s = out_dir, replicas, timings, hold_s
+        self.run_id = uuid.uuid4().hex[:6]
+        self.cluster = None if endpoints else EtcdCluster(members, out_dir / "etcd")
+        self._endpoints = endpoints
+        self.replicas: ReplicaSet | None = None
+        self.proxies: dict[str, list[CuttableProxy]] = {}
+        self.clock_files: dict[str, Path] = {}
+        self.run: ScenarioRun | None = None
+        self._next_id = 0
+
+    # --- etcd ----------------------------------------------------------------------------------------
+    def start(self) -> Harness:
+        if self.cluster is not None:
+            self.cluster.start()
+        return self
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return self._endpoints or (self.cluster.endpoints if self.cluster else [])
+
+    def backend(self) -> EtcdBackend:
+        return EtcdBackend(self.endpoints)
+
+    def _ordered_endpoints(self, replica_no: int) -> list[Endpoint]:
+        """Each replica lists the members in a different order, so the replicas spread over them."""
+        shift = replica_no % len(self.endpoints)
+        return self.endpoints[shift:] + self.endpoints[:shift]
+
+    def member_behind(self, replica: str) -> EtcdMember | None:
+        """The member first in the replica's endpoint list: the one its client talks to unless that fails."""
+        if self.cluster is None:
+            return None
+        return self.cluster.members[int(replica.lstrip("r")) % len(self.cluster.members)]
+
+    def raft_leader(self) -> EtcdMember | None:
+        if self.cluster is None:
+            return None
+        out = subprocess.run([etcd_binary("etcdctl"), f"--endpoints={self.cluster.endpoints_arg}", "endpoint",
+                              "status", "-w", "json"], capture_output=True, text=True, timeout=10)
+        for status, member in zip(json.loads(out.stdout or "[]"), self.cluster.members):
+            if status["Status"]["leader"] == status["Status"]["header"]["member_id"]:
+                return member
+        return None
+
+    def lease_keys(self) -> dict[str, list[str]]:
+        """Live leases and the keys attached, as etcd itself (etcdctl) reports them."""
+        base = [etcd_binary("etcdctl"), "--endpoints=" + ",".join(str(e) for e in self.endpoints)]
+        leases = {}
+        listing = subprocess.run([*base, "lease", "list"], capture_output=True, text=True, timeout=10).stdout
+        for lease in [line.strip() for line in listing.splitlines()[1:] if line.strip()]:
+            ttl = subprocess.run([*base, "lease", "timetolive", lease, "--keys", "-w", "json"],
+                                 capture_output=True, text=True, timeout=10).stdout
+            keys = json.loads(ttl).get("keys") or [] if ttl.strip() else []
+            import base64
+
+            leases[lease] = [base64.b64decode(k).decode(errors="replace") for k in keys]
+        return leases
+
+    # --- replicas --------------------------------------------------------------------------------------
+    def begin(self, scenario: str) -> ScenarioRun:
+        namespace = f"{self.run_id}-{scenario}"
+        workdir = self.out_dir / "runs" / namespace
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.replicas = ReplicaSet(workdir, "", namespace, [*self.timings.args(), "--prefix", PREFIX],
+                                   hold_s=self.hold_s)
+        self.run = ScenarioRun(scenario, workdir, namespace, time.monotonic())
+        self._watch_stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch_leader_key, args=(self.run, self._watch_stop),
+                                         daemon=True, name="chaos-key-watch")
+        self._watcher.start()
+        return self.run
+
+    def _watch_leader_key(self, run: ScenarioRun, stop: threading.Event) -> None:
+        """etcd's own account of the terms: every put and delete of the leader key, on our clock."""
+        key = Config(endpoints=self.endpoints, name=run.namespace, prefix=PREFIX).leader_key
+        backend = self.backend()
+        try:
+            _, revision = backend.get(key, 10.0)
+            for ev in backend.watch(key, revision + 1, stop):
+                run.key_events.append((time.monotonic(), ev.deleted, ev.kv.create_revision))
+        except BackendError:
+            pass
+        finally:
+            backend.close()
+
+    def start_replica(self, *, hold_s: float | None = None, fail_every: int = 0, broken: bool = False) -> str:
+        assert self.replicas is not None
+        replica = f"r{self._next_id}"
+        ordered = self._ordered_endpoints(self._next_id)
+        self._next_id += 1
+        proxies = [CuttableProxy(e.host, e.port) for e in ordered]
+        self.proxies[replica] = proxies
+        clock_file = self.replicas.workdir / f"{replica}.clock"
+        clock_file.write_text("0")
+        self.clock_files[replica] = clock_file
+        env = {CLOCK_FILE_ENV: str(clock_file), FAIL_EVERY_ENV: str(fail_every)}
+        if hold_s is not None:
+            env[HOLD_ENV] = str(hold_s)
+        scheme = "https" if ordered[0].secure else "http"
+        self.replicas.start(replica, endpoints=",".join(f"{scheme}://127.0.0.1:{p.port}" for p in proxies),
+                            module="singleton.chaos.broken" if broken else "singleton.chaos.clockstep", env=env)
+        return replica
+
+    def alive(self) -> list[str]:
+        assert self.replicas is not None
+        return [r for r, p in self.replicas.procs.items() if p.poll() is None]
+
+    def ticks(self) -> list[Tick]:
+        assert self.replicas is not None
+        return self.replicas.ticks()
+
+    def leader(self, timeout_s: float = 30.0) -> str:
+        """The replica that ticked last, once its tick has ended (so a fault lands between ticks)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ticks = self.ticks()
+            if ticks and ticks[-1].finished and time.monotonic() - ticks[-1].start_mono < 1.5:
+                frac = time.time() % 1.0
+                if 0.3 <= frac <= 0.7:
+                    return ticks[-1].replica
+            time.sleep(0.01)
+        raise TimeoutError(f"no replica ticking; logs in {self.replicas.workdir if self.replicas else '?'}")
+
+    def wait_tick(self, after_mono: float, timeout_s: float, exclude: str | None = None) -> Tick | None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            fresh = [t for t in self.ticks() if t.start_mono > after_mono and t.replica != exclude]
+            if fresh:
+                return fresh[0]
+            time.sleep(0.02)
+        return None
+
+    def record(self, event: FaultEvent) -> FaultEvent:
+        assert self.run is not None
+        self.run.events.append(event)
+        return event
+
+    # --- ending a scenario -----------------------------------------------------------------------------
+    def end(self) -> ScenarioRun:
+        assert self.replicas is not None and self.run is not None
+        run = self.run
+        run.stale_write_refused = self._stale_write_refused(run)  # while a leader still stands
+        self.replicas.stop_all()
+        for proxies in self.proxies.values():
+            for proxy in proxies:
+                proxy.close()
+        self.proxies.clear()
+        run.ticks = self.ticks()
+        self._watch_stop.set()
+        self._watcher.join(5)
+        # Killed replicas' leases lapse by themselves: wait out one TTL before looking for leaks.
+        deadline = time.monotonic() + self.timings.lease_ttl_s + 3
+        while True:
+            leaked = [f"{lease} {keys}" for lease, keys in self.lease_keys().items()
+                      if self.cluster is not None or any(k.startswith(f"{PREFIX}/{run.namespace}/") for k in keys)]
+            if not leaked or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        run.leaked_leases = leaked
+        self.replicas = None
+        return run
+
+    def _stale_write_refused(self, run: ScenarioRun) -> bool | None:
+        """An independent client writes with the oldest token in the ledger while a newer term stands:
+        etcd must refuse it, and accept the same write with the current token (so the check can pass).
+        None when the run had only one term."""
+        tokens = sorted({t.token for t in self.ticks()})
+        cfg = Config(endpoints=self.endpoints, name=run.namespace, prefix=PREFIX)
+        backend = self.backend()
+        key = f"{PREFIX}/{run.namespace}/guarded-write"
+        try:
+            kv, _ = backend.get(cfg.leader_key, 5.0)
+            if not tokens or kv is None or kv.create_revision == tokens[0]:
+                return None
+            stale_refused = not backend.guarded_put(cfg.leader_key, tokens[0], key, b"stale", 5.0)
+            fresh_taken = backend.guarded_put(cfg.leader_key, kv.create_revision, key, b"fresh", 5.0)
+            return stale_refused and fresh_taken
+        except BackendError:
+            return None
+        finally:
+            backend.close()
+
+    def close(self) -> None:
+        if self.replicas is not None:
+            self.replicas.stop_all()
+        for proxies in self.proxies.values():
+            for proxy in proxies:
+                proxy.close()
+        if self.cluster is not None:
+            for member in self.cluster.members:
+                member.kill()

@@ -1,0 +1,65 @@
+"""Scenarios (lists of named faults), run one after another on fresh replicas, with a progress line each."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .faults import FAULTS
+from .harness import Harness
+from .verdict import Verdict, judge
+
+# Each fault is a scenario of its own, so that every verdict speaks of one kind of trouble.
+SCENARIOS: dict[str, list[str]] = {name: [name] for name in FAULTS}
+SCENARIOS["rolling-restart"] = ["sigterm-leader", "sigterm-leader", "sigterm-leader"]
+
+
+def select(spec: str) -> list[str]:
+    if spec == "all":
+        return list(SCENARIOS)
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+    return names
+
+
+def run_scenario(h: Harness, name: str, broken: bool = False) -> tuple[Verdict, object]:
+    run = h.begin(name)
+    error = None
+    try:
+        for _ in range(h.replica_count):
+            h.start_replica(broken=broken)
+        if h.wait_tick(run.started_mono, 30) is None:
+            raise TimeoutError("no replica ticked within 30 s")
+        time.sleep(2)
+        for fault in SCENARIOS[name]:
+            FAULTS[fault](h)
+            time.sleep(2)
+        h.wait_tick(time.monotonic(), h.timings.lease_ttl_s + 5)
+        time.sleep(1.5)
+    except Exception as exc:  # noqa: BLE001 - a harness failure is a failed scenario, not a crash of the run
+        error = f"harness: {type(exc).__name__}: {exc}"
+    finally:
+        run = h.end()
+    verdict = judge(run, h.timings)
+    if error:
+        verdict.violations.append(error)
+    return verdict, run
+
+
+def run_all(h: Harness, names: list[str], rounds: int, progress: Callable[[str], None],
+            broken: bool = False) -> list[tuple[Verdict, object]]:
+    results = []
+    total = len(names) * rounds
+    for round_no in range(rounds):
+        for name in names:
+            started = time.monotonic()
+            verdict, run = run_scenario(h, name, broken=broken)
+            results.append((verdict, run))
+            took = ", ".join(f"{t:.2f}" for t in verdict.takeovers_s) or "-"
+            progress(f"[{len(results)}/{total}] {name} (round {round_no + 1}): "
+                     f"{'held' if verdict.held else 'FAILED'} in {time.monotonic() - started:.0f} s; "
+                     f"takeovers {took} s; overlaps {verdict.overlaps}, duplicate slots {verdict.duplicate_slots}, "
+                     f"missed seconds {verdict.missed_seconds}"
+                     + ("" if verdict.held else f"; {'; '.join(verdict.violations)}"))
+    return results
