@@ -65,3 +65,24 @@ def test_a_replica_that_ignores_its_lease_fails_the_invariants(tmp_path: Path, s
     assert not verdict.held
     assert verdict.overlaps or verdict.duplicate_slots or any("cut leader" in v for v in verdict.violations), \
         verdict.violations
+
+
+@pytest.mark.timeout(120)
+def test_on_given_endpoints_it_keeps_to_its_namespace(etcd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Against "your own" etcd (here the session's): member-level faults are skipped, other keys untouched."""
+    from singleton.etcd import EtcdBackend
+
+    other = EtcdBackend(etcd.endpoints)
+    other.guarded_put("/not-ours/leader", 0, "/not-ours/data", b"precious", 3.0)  # create_revision 0: absent key
+    _, before = other.get("/not-ours/data", 3.0)
+    h = Harness(tmp_path, endpoints=etcd.endpoints, replicas=3, timings=FAST).start()
+    try:
+        verdict, run = run_scenario(h, "sigkill-leader")
+        skipped, skipped_run = run_scenario(h, "kill-leader-member")
+    finally:
+        h.close()
+    assert verdict.held, verdict.violations
+    assert [e.kind for e in skipped_run.events] == ["skipped"]  # type: ignore[attr-defined]
+    kv, after = other.get("/not-ours/data", 3.0)
+    assert kv is not None and kv.value == b"precious" and kv.mod_revision <= before
+    other.close()

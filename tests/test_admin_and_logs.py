@@ -1,0 +1,58 @@
+"""The admin API's exposure rules and token, and the JSON log format."""
+from __future__ import annotations
+
+import json
+import logging
+
+import grpc
+import pytest
+
+from singleton import Config, ConfigError, MemoryBackend, Singleton
+from singleton.admin import check_admin_exposure, parse_address, serve_admin
+from singleton.logs import JsonFormatter, setup_logging
+from singleton.testing.recorder import FAST, wait_for
+from singleton.v1 import admin_pb2, admin_pb2_grpc
+
+
+def test_admin_beyond_loopback_needs_a_token() -> None:
+    assert parse_address("7070") == ("127.0.0.1", 7070)
+    check_admin_exposure("127.0.0.1", None)
+    check_admin_exposure("::1", None)
+    with pytest.raises(ConfigError, match="not loopback"):
+        check_admin_exposure("0.0.0.0", None)
+    check_admin_exposure("0.0.0.0", "secret")
+    with pytest.raises(ConfigError):
+        parse_address("host:port")
+
+
+def test_admin_token_is_enforced_and_status_is_served() -> None:
+    app = Singleton(Config(endpoints="127.0.0.1:2379", name="adm", replica_id="a", **FAST),  # type: ignore[arg-type]
+                    lambda ctx: None, backend=MemoryBackend())
+    server, port = serve_admin(app, "127.0.0.1:0", token="s3cret")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = admin_pb2_grpc.AdminStub(channel)
+    try:
+        with app:
+            wait_for(lambda: app.is_leader, 5, "leadership")
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=3)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            status = stub.GetStatus(admin_pb2.GetStatusRequest(), timeout=3,
+                                    metadata=[("authorization", "Bearer s3cret")])
+            assert status.role == "leader" and status.leader_id == "a" and status.fencing_token > 0
+            assert status.counters["elections_won"] == 1
+    finally:
+        channel.close()
+        server.stop(0)
+
+
+def test_json_log_lines_carry_the_replica_id() -> None:
+    record = logging.LogRecord("singleton", logging.WARNING, __file__, 1, "stepping down (%s)", ("lease_expiring",),
+                               None)
+    line = json.loads(JsonFormatter("pod-1").format(record))
+    assert line["replica_id"] == "pod-1" and line["msg"] == "stepping down (lease_expiring)"
+    assert line["level"] == "warning" and line["ts"].endswith("Z")
+    with pytest.raises(ConfigError):
+        setup_logging("INFO", "xml", "pod-1")
+    with pytest.raises(ConfigError):
+        setup_logging("LOUD", "json", "pod-1")
