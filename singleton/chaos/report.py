@@ -26,6 +26,9 @@ def machine() -> str:
     return f"{platform.node()}: {platform.system()} {platform.release()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+MAX_PANELS = 40  # a taller picture stops being readable
+
+
 def write_report(out: Path, results: list[tuple[Verdict, ScenarioRun]], timings: Timings, cluster: str,
                  duration_s: float) -> Path:
     verdicts = [v for v, _ in results]
@@ -56,13 +59,16 @@ def write_report(out: Path, results: list[tuple[Verdict, ScenarioRun]], timings:
         lines += [f"- {v.scenario}: {'; '.join(v.violations)}" for v in failed]
     lines += ["", "Missed seconds count every second without a tick between a run's first and last tick: crash, "
               "pause and partition takeovers wait for the lease, overrun slots are skipped by design, and etcd "
-              "outages stop everyone.", "", "![timeline](timeline.png)", ""]
+              "outages stop everyone.", "",
+              f"![timeline](timeline.png)" + ("" if len(results) <= MAX_PANELS else
+                                              f"\n\nThe timeline shows the first {MAX_PANELS} of {len(results)} runs."),
+              ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
 
 
-def write_timeline(out: Path, results: list[tuple[Verdict, ScenarioRun]], max_panels: int = 40) -> Path:
+def write_timeline(out: Path, results: list[tuple[Verdict, ScenarioRun]], max_panels: int = MAX_PANELS) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
