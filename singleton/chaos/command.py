@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from pathlib import Path
 
@@ -32,6 +33,11 @@ def run_chaos(*, endpoints: str, replicas: int, scenarios: str, rounds: int, out
     # The harness's own etcd clients (its key watcher) would log member losses it injected itself.
     logging.getLogger("singleton").setLevel(logging.ERROR)
     started = time.monotonic()
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # so the finally below stops every process and etcd member we started
+
+    signal.signal(signal.SIGTERM, interrupted)
     harness.start()
     try:
         results = run_all(harness, names, rounds, lambda line: print(line, flush=True), broken=broken)

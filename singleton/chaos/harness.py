@@ -86,6 +86,7 @@ class Harness:
         self.clock_files: dict[str, Path] = {}
         self.run: ScenarioRun | None = None
         self._next_id = 0
+        self._runs = 0
 
     # --- etcd ----------------------------------------------------------------------------------------
     def start(self) -> Harness:
@@ -137,7 +138,8 @@ class Harness:
 
     # --- replicas --------------------------------------------------------------------------------------
     def begin(self, scenario: str) -> ScenarioRun:
-        namespace = f"{self.run_id}-{scenario}"
+        self._runs += 1
+        namespace = f"{self.run_id}-{self._runs}-{scenario}"  # every run its own keys and ledger
         workdir = self.out_dir / "runs" / namespace
         workdir.mkdir(parents=True, exist_ok=True)
         self.replicas = ReplicaSet(workdir, "", namespace, [*self.timings.args(), "--prefix", PREFIX],
