@@ -36,6 +36,7 @@ def test_scenario_holds_at_fast_timings(harness: Harness, scenario: str) -> None
 
 def test_report_and_timeline_are_written(harness: Harness) -> None:
     assert RESULTS, "run after the scenarios"
+    assert len({run.namespace for _, run in RESULTS}) == len(RESULTS), "runs must not share keys or ledgers"
     report = write_report(harness.out_dir, RESULTS, FAST, "embedded, 3 members", 60.0)
     timeline = write_timeline(harness.out_dir, RESULTS)
     text = report.read_text()
