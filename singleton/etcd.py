@@ -46,7 +46,13 @@ def _translate(err: grpc.RpcError, what: str) -> BackendError:
         return BackendTimeout(message)
     lowered = details.lower()
     if code is grpc.StatusCode.UNAVAILABLE and any(w in lowered for w in ("ssl", "handshake", "certificate", "tls")):
-        return TlsError(message)
+        if "verify_failed" in lowered:
+            hint = "the etcd server's certificate is not signed by --cacert"
+        elif "bad_certificate" in lowered or "certificate_required" in lowered:
+            hint = "etcd refused our client certificate (--cert/--key missing, or not signed by its CA)"
+        else:
+            hint = "TLS handshake failed"
+        return TlsError(f"{hint}; {message}")
     if code is grpc.StatusCode.UNAVAILABLE:
         return BackendUnavailable(message)
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) or (
