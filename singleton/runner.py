@@ -186,11 +186,14 @@ class Singleton(GaugeSource):
             retry=tenacity.retry_if_exception_type(BackendError),
             wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=self.config.campaign_backoff_max_s, jitter=0.2),
             stop=tenacity.stop_when_event_set(self._stop),
-            sleep=self._stop.wait,
+            sleep=self._interruptible_sleep,
             before_sleep=lambda rs: log.warning("etcd not usable (%s); retrying in %.1f s", rs.outcome.exception()
                                                 if rs.outcome else "?", rs.upcoming_sleep),
             reraise=False,
         )
+
+    def _interruptible_sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)
 
     def _campaign_until_decided(self) -> tuple[Term, CampaignResult, float] | None:
         """Campaign until we win (returns the term) or are stopped (None). A lost campaign waits on the watch."""

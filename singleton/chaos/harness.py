@@ -153,7 +153,7 @@ class Harness:
 
     def _watch_leader_key(self, run: ScenarioRun, stop: threading.Event) -> None:
         """etcd's own account of the terms: every put and delete of the leader key, on our clock."""
-        key = Config(endpoints=self.endpoints, name=run.namespace, prefix=PREFIX).leader_key
+        key = Config(endpoints=tuple(self.endpoints), name=run.namespace, prefix=PREFIX).leader_key
         backend = self.backend()
         try:
             _, revision = backend.get(key, 10.0)
@@ -246,7 +246,7 @@ class Harness:
         etcd must refuse it, and accept the same write with the current token (so the check can pass).
         None when the run had only one term."""
         tokens = sorted({t.token for t in self.ticks()})
-        cfg = Config(endpoints=self.endpoints, name=run.namespace, prefix=PREFIX)
+        cfg = Config(endpoints=tuple(self.endpoints), name=run.namespace, prefix=PREFIX)
         backend = self.backend()
         key = f"{PREFIX}/{run.namespace}/guarded-write"
         try:
