@@ -33,7 +33,10 @@ def write_report(out: Path, results: list[tuple[Verdict, ScenarioRun]], timings:
                  duration_s: float) -> Path:
     verdicts = [v for v, _ in results]
     faults = sum(len([f for f in v.faults]) for v in verdicts)
-    takeovers = [t for v in verdicts for t in v.takeovers_s]
+
+    def by_kind(kind: str) -> list[float]:
+        return [t for v in verdicts for t in v.takeovers_by_kind.get(kind, [])]
+
     lines = [
         "# singleton chaos report", "",
         f"- Verdict: **{'every invariant held' if all(v.held for v in verdicts) else 'INVARIANTS VIOLATED'}**",
@@ -41,15 +44,27 @@ def write_report(out: Path, results: list[tuple[Verdict, ScenarioRun]], timings:
         f"{duration_s / 60:.1f} minutes",
         f"- Timings: lease {timings.lease_ttl_s:g} s, renew every {timings.keepalive_interval_s:g} s, "
         f"step down below {timings.min_remaining_ttl_s:g} s; etcd: {cluster}",
-        f"- Takeovers (all): p50 / p99 / max = {_figures(takeovers)} s",
+        f"- Takeovers, p50 / p99 / max: graceful {_figures(by_kind('graceful'))} s; crash {_figures(by_kind('crash'))} s; "
+        f"pause {_figures(by_kind('pause'))} s; partition {_figures(by_kind('partition'))} s",
         f"- Machine: {machine()}", "",
         "Invariants: no two ticks overlap; no slot runs twice; tokens grow with every new leader; a write guarded "
         "by a stale token is refused; graceful takeover on the next second; crash and pause takeover within "
         "lease + 1 s; a cut-off leader stops within two renewals or the margin, before its lease can lapse; "
         "ticking resumes after every fault heals; no lease left in etcd afterwards.", "",
-        "| scenario | faults | takeovers p50 / p99 / max (s) | overlaps | duplicate slots | missed seconds | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "## By scenario", "",
+        "| scenario | runs | faults | takeovers p50 / p99 / max (s) | overlaps | duplicate slots | missed seconds | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    for name in dict.fromkeys(v.scenario for v in verdicts):
+        group = [v for v in verdicts if v.scenario == name]
+        held = sum(v.held for v in group)
+        lines.append(f"| {name} | {len(group)} | {sum(len(v.faults) for v in group)} | "
+                     f"{_figures([t for v in group for t in v.takeovers_s])} | {sum(v.overlaps for v in group)} | "
+                     f"{sum(v.duplicate_slots for v in group)} | {sum(v.missed_seconds for v in group)} | "
+                     f"{'held' if held == len(group) else 'FAILED'} ({held}/{len(group)}) |")
+    lines += ["", "## Every run", "",
+              "| scenario | faults | takeovers p50 / p99 / max (s) | overlaps | duplicate slots | missed seconds | verdict |",
+              "|---|---|---|---|---|---|---|"]
     for v in verdicts:
         lines.append(f"| {v.scenario} | {', '.join(v.faults)} | {_figures(v.takeovers_s)} | {v.overlaps} | "
                      f"{v.duplicate_slots} | {v.missed_seconds} | {'held' if v.held else 'FAILED'} |")
@@ -81,7 +96,7 @@ def write_timeline(out: Path, results: list[tuple[Verdict, ScenarioRun]], max_pa
     axes[-1, 0].set_xlabel("seconds since the scenario started")
     fig.suptitle("singleton chaos: which replica ticked each second (colour = fencing token)\nred: fault "
                  "(shaded until healed); dotted: leader key deleted (grey) / created (green) in etcd")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / fig.get_figheight()))  # room for the two-line title
     path = out / "timeline.png"
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -14,6 +14,7 @@ class Verdict:
     scenario: str
     faults: list[str]
     takeovers_s: list[float] = field(default_factory=list)
+    takeovers_by_kind: dict[str, list[float]] = field(default_factory=dict)
     overlaps: int = 0
     duplicate_slots: int = 0
     missed_seconds: int = 0
@@ -39,6 +40,7 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
             verdict.violations.append(f"{ev.name}: no takeover")
             return
         verdict.takeovers_s.append(new.start_mono - ev.at_mono)
+        verdict.takeovers_by_kind.setdefault(ev.kind, []).append(new.start_mono - ev.at_mono)
         if new.slot != max(old_slots) + 1:
             verdict.violations.append(f"{ev.name}: graceful handover missed {new.slot - max(old_slots) - 1} s")
     elif ev.kind in ("crash", "pause", "partition"):
@@ -47,6 +49,7 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
             return
         took = new.start_mono - ev.at_mono
         verdict.takeovers_s.append(took)
+        verdict.takeovers_by_kind.setdefault(ev.kind, []).append(took)
         if took > ttl + 1 + SLACK_S:
             verdict.violations.append(f"{ev.name}: takeover after {took:.2f} s > lease {ttl:g} s + 1 s")
         if ev.kind == "partition":
