@@ -2,6 +2,7 @@
 cuttable TCP proxies, a tick ledger, and the record of every fault injected."""
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -131,8 +132,6 @@ class Harness:
             ttl = subprocess.run([*base, "lease", "timetolive", lease, "--keys", "-w", "json"],
                                  capture_output=True, text=True, timeout=10).stdout
             keys = json.loads(ttl).get("keys") or [] if ttl.strip() else []
-            import base64
-
             leases[lease] = [base64.b64decode(k).decode(errors="replace") for k in keys]
         return leases
 
