@@ -146,7 +146,7 @@ class Leadership:
 
     # --- stepping down -------------------------------------------------------------------------------
     def _step_down(self, reason: StepDownReason, keepalive: threading.Thread) -> None:
-        cfg, token, keeper = self.config, self.term.fencing_token, self.term.keeper
+        cfg, keeper = self.config, self.term.keeper
         self.election.step_down(reason)
         self.stats.stepped_down(reason.value)
         log.warning("stepping down (%s) %s remaining=%.2fs", reason.value, self._tag,

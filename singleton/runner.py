@@ -6,9 +6,7 @@ import logging
 import os
 import signal
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import tenacity
@@ -21,8 +19,9 @@ from .errors import BackendError, WatchCompacted
 from .jobs import JobFn, JobRunner, TickContext
 from .leadership import Leadership
 from .lease import LeaseKeeper, StepDownReason
-from .records import decode_handover, decode_leader, leader_record
-from .telemetry import GaugeSource, Stats, register_gauges, tracer
+from .records import decode_handover, leader_record
+from .status import StatusMixin
+from .telemetry import Stats, register_gauges, tracer
 
 log = logging.getLogger("singleton")
 
@@ -30,20 +29,7 @@ ElectedFn = Callable[[int], Any]
 SteppedDownFn = Callable[[StepDownReason], Any]
 
 
-@dataclass(frozen=True)
-class ReplicaStatus:
-    replica_id: str
-    role: str
-    leader_id: str  # as this replica last saw it; "" when none is known
-    fencing_token: int  # ours while leading, else the leader's as last seen (0: none)
-    lease_remaining_s: float  # local view, while leading
-    last_tick_slot: int
-    last_tick_unix_s: float
-    counters: dict[str, int]
-    last_step_down_reason: str
-
-
-class Singleton(GaugeSource):
+class Singleton(StatusMixin):
     """Runs `job` once per second on exactly one replica among all that share `config.name`.
 
     >>> s = Singleton(Config(endpoints="http://127.0.0.1:2379", name="report"), job=my_job)
@@ -95,10 +81,6 @@ class Singleton(GaugeSource):
     @property
     def role(self) -> Role:
         return self.election.role
-
-    @property
-    def is_leader(self) -> bool:
-        return self.election.may_tick(self.clock.monotonic())
 
     @property
     def fencing_token(self) -> int | None:
@@ -316,82 +298,6 @@ class Singleton(GaugeSource):
     def _stepping_down(self, reason: StepDownReason) -> None:
         self._changed()
         self._notify(self._on_stepped_down, reason)
-
-    # --- status, health, readiness ------------------------------------------------------------------
-    def _see_leader(self, kv: Any) -> None:
-        if kv is None:
-            seen = ("", 0)
-        else:
-            record = decode_leader(kv.value)
-            seen = (record.replica_id if record else "?", kv.create_revision)
-        if seen != self._leader_seen:
-            self._leader_seen = seen
-            self._changed()
-
-    def _changed(self) -> None:
-        with self._status_changed:
-            self._status_version += 1
-            self._status_changed.notify_all()
-
-    def wait_for_change(self, version: int, timeout_s: float) -> int:
-        """Block until the status version passes `version` (or timeout); returns the current version."""
-        with self._status_changed:
-            self._status_changed.wait_for(lambda: self._status_version != version, timeout_s)
-            return self._status_version
-
-    @property
-    def status_version(self) -> int:
-        return self._status_version
-
-    def status(self) -> ReplicaStatus:
-        leadership, term = self._leadership, self.election.term
-        leading = leadership is not None and term is not None
-        if leading and leadership is not None and term is not None:
-            leader_id, token = self.config.replica_id, term.fencing_token
-            remaining = max(0.0, term.keeper.remaining_s(self.clock.monotonic()))
-            last = (leadership.last_started_slot or self._last_tick[0],
-                    leadership.last_tick_wall or self._last_tick[1])
-        else:
-            (leader_id, token), remaining, last = self._leader_seen, 0.0, self._last_tick
-        reason = self.election.step_down_reason
-        return ReplicaStatus(self.config.replica_id, self.election.role.value, leader_id, token, remaining,
-                             last[0], last[1], self.stats.counters(), reason.value if reason else "")
-
-    def gauge_values(self) -> dict[str, float]:
-        leading = self.is_leader
-        term = self.election.term
-        return {"is_leader": 1.0 if leading else 0.0,
-                "fencing_token": float(term.fencing_token) if leading and term else 0.0,
-                "lease_remaining": max(0.0, term.keeper.remaining_s(self.clock.monotonic())) if leading and term
-                else 0.0}
-
-    def health(self) -> list[str]:
-        """Problems that mean this process is wedged (liveness); empty when healthy."""
-        problems = []
-        thread = self._runner_thread
-        if thread is None or not thread.is_alive():
-            problems.append("the replica loop is not running")
-        leadership = self._leadership
-        if leadership is not None:
-            now, cfg = self.clock.monotonic(), self.config
-            if now - leadership.ticker_beat > 3.0:  # it wakes at least once a second
-                problems.append(f"ticker loop stuck for {now - leadership.ticker_beat:.1f} s")
-            keepalive_bound = cfg.keepalive_interval_s + 2 * cfg.renewal_deadline_s + 2.0
-            if now - leadership.keepalive_beat > keepalive_bound:
-                problems.append(f"keepalive loop stuck for {now - leadership.keepalive_beat:.1f} s")
-        return problems
-
-    def readiness(self) -> list[str]:
-        """Reasons this replica is not ready: not connected to etcd, or not in a known role."""
-        problems = []
-        role = self.election.role
-        if role not in (Role.LEADER, Role.FOLLOWER):
-            problems.append(f"role is {role.value}")
-        window = max(5.0, 2 * self.config.keepalive_interval_s + self.config.call_timeout_s)
-        silent = time.monotonic() - self.backend.last_ok_at
-        if silent > window:
-            problems.append(f"no answer from etcd for {silent:.1f} s")
-        return problems
 
     def _requested_step_down(self) -> StepDownReason | None:
         if self._stop.is_set():

@@ -75,7 +75,7 @@ def write_report(out: Path, results: list[tuple[Verdict, ScenarioRun]], timings:
     lines += ["", "Missed seconds count every second without a tick between a run's first and last tick: crash, "
               "pause and partition takeovers wait for the lease, overrun slots are skipped by design, and etcd "
               "outages stop everyone.", "",
-              f"![timeline](timeline.png)" + ("" if len(results) <= MAX_PANELS else
+              "![timeline](timeline.png)" + ("" if len(results) <= MAX_PANELS else
                                               f"\n\nThe timeline shows the first {MAX_PANELS} of {len(results)} runs."),
               ""]
     path = out / "report.md"
