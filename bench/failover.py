@@ -26,23 +26,14 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def quiet_moment(rs: ReplicaSet) -> None:
-    while not (0.45 <= time.time() % 1 <= 0.6 and rs.ticks() and rs.ticks()[-1].finished):
-        time.sleep(0.01)
-
-
 def takeover(rs: ReplicaSet, sig: int, bound_s: float) -> tuple[Tick, Tick, float]:
-    quiet_moment(rs)
-    old_tick = rs.ticks()[-1]
+    old_tick = rs.quiet_moment(timeout_s=30)
     rs.signal(old_tick.replica, sig)
     sent = time.monotonic()
-    deadline = sent + bound_s
-    while time.monotonic() < deadline:
-        fresh = [t for t in rs.ticks() if t.replica != old_tick.replica and t.start_mono > sent]
-        if fresh:
-            return old_tick, fresh[0], sent
-        time.sleep(0.01)
-    raise SystemExit(f"no takeover within {bound_s} s; logs in {rs.workdir}")
+    new = rs.first_tick_after(sent, bound_s, exclude=old_tick.replica)
+    if new is None:
+        raise SystemExit(f"no takeover within {bound_s} s; logs in {rs.workdir}")
+    return old_tick, new, sent
 
 
 def main() -> int:

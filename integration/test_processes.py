@@ -42,36 +42,16 @@ def check_invariants(ticks: list[Tick]) -> None:
     assert tokens_grow(ticks), "a change of leader did not bring a larger token"
 
 
-def between_ticks(rs: ReplicaSet) -> None:
-    """Wait for the middle of a second, with the last tick finished: a pause that lands inside a running
-    job lets that job finish after the lease is gone (the documented case the fencing token exists for)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        frac = time.time() % 1.0
-        ticks = rs.ticks()
-        if 0.45 <= frac <= 0.6 and ticks and ticks[-1].finished:
-            return
-        time.sleep(0.01)
-    raise AssertionError("no quiet moment between ticks")
-
-
 def kill_leader(rs: ReplicaSet, sig: int) -> tuple[str, Tick, float]:
-    between_ticks(rs)
-    leader = rs.current_leader()
-    assert leader is not None
-    last = rs.ticks()[-1]
-    rs.signal(leader, sig)
-    return leader, last, time.monotonic()
+    last = rs.quiet_moment()
+    rs.signal(last.replica, sig)
+    return last.replica, last, time.monotonic()
 
 
 def first_tick_after(rs: ReplicaSet, old: str, after: float, timeout_s: float) -> Tick:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        fresh = [t for t in rs.ticks() if t.replica != old and t.start_mono > after]
-        if fresh:
-            return fresh[0]
-        time.sleep(0.02)
-    raise AssertionError(f"no takeover within {timeout_s} s; logs in {rs.workdir}")
+    tick = rs.first_tick_after(after, timeout_s, exclude=old)
+    assert tick is not None, f"no takeover within {timeout_s} s; logs in {rs.workdir}"
+    return tick
 
 
 def graceful_handover(rs: ReplicaSet) -> None:

@@ -190,24 +190,12 @@ class Harness:
 
     def leader(self, timeout_s: float = 30.0) -> str:
         """The replica that ticked last, once its tick has ended (so a fault lands between ticks)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ticks = self.ticks()
-            if ticks and ticks[-1].finished and time.monotonic() - ticks[-1].start_mono < 1.5:
-                frac = time.time() % 1.0
-                if 0.3 <= frac <= 0.7:
-                    return ticks[-1].replica
-            time.sleep(0.01)
-        raise TimeoutError(f"no replica ticking; logs in {self.replicas.workdir if self.replicas else '?'}")
+        assert self.replicas is not None
+        return self.replicas.quiet_moment(timeout_s, window=(0.3, 0.7), recent_s=1.5).replica
 
     def wait_tick(self, after_mono: float, timeout_s: float, exclude: str | None = None) -> Tick | None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            fresh = [t for t in self.ticks() if t.start_mono > after_mono and t.replica != exclude]
-            if fresh:
-                return fresh[0]
-            time.sleep(0.02)
-        return None
+        assert self.replicas is not None
+        return self.replicas.first_tick_after(after_mono, timeout_s, exclude)
 
     def record(self, event: FaultEvent) -> FaultEvent:
         assert self.run is not None

@@ -60,6 +60,30 @@ class ReplicaSet:
                                      f"logs in {self.workdir}")
             time.sleep(0.05)
 
+    def quiet_moment(self, timeout_s: float = 5.0, window: tuple[float, float] = (0.45, 0.6),
+                     recent_s: float | None = None) -> Tick:
+        """Wait for a moment inside `window` of a wall second with the last tick finished, and return that
+        tick. Faults are sent then: one that lands inside a running job lets that job finish after its lease
+        is gone (the documented case the fencing token exists for), which is not what a test is after."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ticks = self.ticks()
+            if (ticks and ticks[-1].finished and window[0] <= time.time() % 1.0 <= window[1]
+                    and (recent_s is None or time.monotonic() - ticks[-1].start_mono < recent_s)):
+                return ticks[-1]
+            time.sleep(0.01)
+        raise TimeoutError(f"no quiet moment between ticks within {timeout_s:g} s; logs in {self.workdir}")
+
+    def first_tick_after(self, after_mono: float, timeout_s: float, exclude: str | None = None) -> Tick | None:
+        """The first tick that started after `after_mono` by a replica other than `exclude`, or None."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            fresh = [t for t in self.ticks() if t.start_mono > after_mono and t.replica != exclude]
+            if fresh:
+                return fresh[0]
+            time.sleep(0.02)
+        return None
+
     def signal(self, replica: str, sig: int) -> None:
         self.procs[replica].send_signal(sig)
 
