@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from singleton.embedded import EtcdCluster
+from singleton.dev.embedded import EtcdCluster
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from singleton.embedded import EtcdCluster
-from singleton.testing.ledger import Tick, duplicate_slots, overlaps
-from singleton.testing.replicas import ReplicaSet, timing_args
+from singleton.dev.embedded import EtcdCluster
+from singleton.dev.ledger import Tick, duplicate_slots, overlaps
+from singleton.dev.replicas import ReplicaSet, timing_args
 
 
 def pct(values: list[float], p: float) -> float:

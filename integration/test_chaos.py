@@ -71,7 +71,7 @@ def test_a_replica_that_ignores_its_lease_fails_the_invariants(tmp_path: Path, s
 @pytest.mark.timeout(120)
 def test_on_given_endpoints_it_keeps_to_its_namespace(etcd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Against "your own" etcd (here the session's): member-level faults are skipped, other keys untouched."""
-    from singleton.etcd import EtcdBackend
+    from singleton.backends.etcd import EtcdBackend
 
     other = EtcdBackend(etcd.endpoints)
     other.guarded_put("/not-ours/leader", 0, "/not-ours/data", b"precious", 3.0)  # create_revision 0: absent key

@@ -9,10 +9,10 @@ import tenacity
 
 from singleton.testing.recorder import Recorder, make, wait_for
 
-from singleton.abc import WatchEvent
-from singleton.errors import BackendError
-from singleton.embedded import EtcdCluster
-from singleton.etcd import EtcdBackend
+from singleton.backends.abc import WatchEvent
+from singleton.core.errors import BackendError
+from singleton.dev.embedded import EtcdCluster
+from singleton.backends.etcd import EtcdBackend
 
 
 @pytest.mark.parametrize("fault", ["kill", "pause"])

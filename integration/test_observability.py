@@ -17,11 +17,11 @@ import pytest
 
 from singleton.testing.recorder import FAST, Recorder, make, wait_for
 
-from singleton.embedded import EtcdCluster, free_port
-from singleton.observability import HttpServer
-from singleton.testing.ledger import duplicate_slots, overlaps
+from singleton.dev.embedded import EtcdCluster, free_port
+from singleton.ops.http import HttpServer
+from singleton.dev.ledger import duplicate_slots, overlaps
 from singleton.testing.proxy import CuttableProxy
-from singleton.testing.replicas import ReplicaSet, timing_args
+from singleton.dev.replicas import ReplicaSet, timing_args
 from singleton.v1 import admin_pb2, admin_pb2_grpc
 
 
@@ -167,7 +167,7 @@ def test_cli_status_json_agrees_with_etcd_and_watch_and_resign_work(pair: Pair, 
 
 def test_healthz_turns_red_when_the_ticker_is_wedged(etcd: EtcdCluster, name: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import singleton.leadership as leadership
+    import singleton.runtime.leadership as leadership
 
     release = threading.Event()
     wedged = threading.Event()

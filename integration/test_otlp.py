@@ -17,8 +17,8 @@ import grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
-from singleton.embedded import EtcdCluster, free_port
-from singleton.testing.ledger import LEDGER_ENV
+from singleton.dev.embedded import EtcdCluster, free_port
+from singleton.dev.ledger import LEDGER_ENV
 
 
 class Collector(metrics_service_pb2_grpc.MetricsServiceServicer, trace_service_pb2_grpc.TraceServiceServicer):
@@ -51,7 +51,7 @@ def test_metrics_and_spans_reach_an_otlp_collector(etcd: EtcdCluster, tmp_path: 
            "OTEL_EXPORTER_OTLP_INSECURE": "true", "OTEL_METRIC_EXPORT_INTERVAL": "1000",
            "OTEL_BSP_SCHEDULE_DELAY": "500", LEDGER_ENV: str(tmp_path / "ledger.jsonl")}
     proc = subprocess.Popen([sys.executable, "-m", "singleton", "run", "--endpoints", etcd.endpoints_arg, "--name",
-                             name, "--job", "singleton.testing.ledger:record_tick", "--http-port", "0"],
+                             name, "--job", "singleton.dev.ledger:record_tick", "--http-port", "0"],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 20

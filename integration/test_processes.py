@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from singleton.embedded import EtcdCluster
-from singleton.testing.ledger import Tick, duplicate_slots, overlaps, tokens_grow
-from singleton.testing.replicas import ReplicaSet, timing_args
+from singleton.dev.embedded import EtcdCluster
+from singleton.dev.ledger import Tick, duplicate_slots, overlaps, tokens_grow
+from singleton.dev.replicas import ReplicaSet, timing_args
 
 FAST = (3, 1.0, 0.6)  # lease TTL, keepalive interval, min remaining TTL
 DEFAULT = (10, 3.0, 2.0)

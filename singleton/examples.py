@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from .jobs import TickContext
+from singleton.runtime.jobs import TickContext
 
 log = logging.getLogger("singleton.examples")
 

@@ -8,8 +8,8 @@ import grpc
 import pytest
 
 from singleton import Config, ConfigError, MemoryBackend, Singleton
-from singleton.admin import check_admin_exposure, parse_address, serve_admin
-from singleton.logs import JsonFormatter, setup_logging
+from singleton.ops.admin import check_admin_exposure, parse_address, serve_admin
+from singleton.ops.logs import JsonFormatter, setup_logging
 from singleton.testing.recorder import FAST, wait_for
 from singleton.v1 import admin_pb2, admin_pb2_grpc
 

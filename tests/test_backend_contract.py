@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from singleton.abc import Backend
-from singleton.embedded import EtcdCluster
-from singleton.errors import WatchCompacted
-from singleton.etcd import EtcdBackend
-from singleton.memory import MemoryBackend
+from singleton.backends.abc import Backend
+from singleton.dev.embedded import EtcdCluster
+from singleton.core.errors import WatchCompacted
+from singleton.backends.etcd import EtcdBackend
+from singleton.backends.memory import MemoryBackend
 
 T = 2.0  # per-call deadline
 

@@ -1,8 +1,8 @@
 import pytest
 
-from singleton.election import _TRANSITIONS, Election, Event, Role
-from singleton.errors import IllegalTransition
-from singleton.lease import LeaseKeeper, StepDownReason
+from singleton.core.election import _TRANSITIONS, Election, Event, Role
+from singleton.core.errors import IllegalTransition
+from singleton.core.lease import LeaseKeeper, StepDownReason
 
 
 def keeper(sent_at: float = 0.0, ttl: float = 10.0) -> LeaseKeeper:

@@ -8,8 +8,8 @@ import pytest
 
 from singleton.testing.recorder import FAST, Recorder, make, wait_for
 from singleton import BackendTimeout, Role, StepDownReason
-from singleton.embedded import EtcdCluster
-from singleton.etcd import EtcdBackend
+from singleton.dev.embedded import EtcdCluster
+from singleton.backends.etcd import EtcdBackend
 from singleton.testing.proxy import CuttableProxy
 
 
@@ -100,7 +100,7 @@ def test_renewal_against_a_hung_member_fails_at_its_deadline(etcd: EtcdCluster) 
 
 
 def _endpoint(proxy: CuttableProxy):  # type: ignore[no-untyped-def]
-    from singleton.config import parse_endpoint
+    from singleton.core.config import parse_endpoint
     return parse_endpoint(proxy.endpoint)
 
 

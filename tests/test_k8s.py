@@ -13,9 +13,9 @@ import yaml
 from yamllint import config as yamllint_config
 from yamllint import linter
 
-from singleton.cli import build_parser, env_name
-from singleton.observability import HttpServer
-from singleton.security import PASSWORD_ENV
+from singleton.ops.cli import build_parser, env_name
+from singleton.ops.http import HttpServer
+from singleton.core.security import PASSWORD_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -83,7 +83,7 @@ def test_container_command_args_and_env_are_real_run_options() -> None:
 
 
 def test_the_example_job_in_the_configmap_imports() -> None:
-    from singleton.cli import load_job
+    from singleton.ops.cli import load_job
 
     assert callable(load_job(all_docs()["ConfigMap/singleton-config"]["data"]["SINGLETON_JOB"]))
 

@@ -1,8 +1,8 @@
 """Each step-down rule at its exact boundary, driven by a fake clock (no sleeping)."""
 import pytest
 
-from singleton.clock import FakeClock
-from singleton.lease import LeaseKeeper, StepDownReason
+from singleton.core.clock import FakeClock
+from singleton.core.lease import LeaseKeeper, StepDownReason
 
 
 def make(clock: FakeClock, ttl: float = 10.0, margin: float = 2.0, max_failed: int = 2) -> LeaseKeeper:

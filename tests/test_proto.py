@@ -24,7 +24,7 @@ def test_generated_code_is_reproducible(tmp_path: Path) -> None:
 
 
 def test_leader_record_round_trip() -> None:
-    from singleton.records import decode_leader, leader_record
+    from singleton.core.records import decode_leader, leader_record
 
     record = decode_leader(leader_record("pod-1", 0xABC, 1700000000.5))
     assert record is not None and record.replica_id == "pod-1" and record.lease_id == 0xABC

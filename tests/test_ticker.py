@@ -5,14 +5,14 @@ from collections.abc import Callable
 
 import pytest
 
-from singleton.clock import FakeClock
-from singleton.config import Config
-from singleton.election import Election
-from singleton.leadership import Leadership
-from singleton.lease import LeaseKeeper, StepDownReason
-from singleton.memory import MemoryBackend
-from singleton.telemetry import Stats
-from singleton.ticker import Verdict, check_due, first_slot, plan_next, plan_slot
+from singleton.core.clock import FakeClock
+from singleton.core.config import Config
+from singleton.core.election import Election
+from singleton.runtime.leadership import Leadership
+from singleton.core.lease import LeaseKeeper, StepDownReason
+from singleton.backends.memory import MemoryBackend
+from singleton.runtime.telemetry import Stats
+from singleton.core.ticker import Verdict, check_due, first_slot, plan_next, plan_slot
 
 T0 = 1_700_000_000
 

@@ -14,8 +14,8 @@ import pytest
 from certs import CA
 from singleton.testing.recorder import FAST, Recorder, wait_for
 from singleton import Config, Singleton
-from singleton.embedded import EtcdCluster
-from singleton.security import Credentials
+from singleton.dev.embedded import EtcdCluster
+from singleton.core.security import Credentials
 
 
 @dataclass
@@ -74,7 +74,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureEtcd]:
 def run_cli(args: list[str], timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SINGLETON_")}
     return subprocess.run([sys.executable, "-m", "singleton", "run", "--name", "secure", "--job",
-                           "singleton.testing.ledger:record_tick", "--http-port", "0", *args],
+                           "singleton.dev.ledger:record_tick", "--http-port", "0", *args],
                           capture_output=True, text=True, timeout=timeout_s, env=env)
 
 

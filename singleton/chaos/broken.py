@@ -10,10 +10,10 @@ import sys
 
 
 def main() -> int:
-    from ..lease import LeaseKeeper
+    from singleton.core.lease import LeaseKeeper
 
     LeaseKeeper.step_down_reason = lambda self, now: None  # type: ignore[method-assign]
-    from ..cli import main as cli_main
+    from singleton.ops.cli import main as cli_main
 
     return cli_main(sys.argv[1:])
 

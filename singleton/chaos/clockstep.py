@@ -34,8 +34,8 @@ class _SteppedTime:
 
 
 def install(path: str) -> None:
-    from .. import clock
-    from ..testing import ledger
+    from singleton.core import clock
+    from singleton.dev import ledger
 
     offset = [0.0]
 
@@ -55,7 +55,7 @@ def install(path: str) -> None:
 
 def main() -> int:
     install(os.environ[CLOCK_FILE_ENV])
-    from ..cli import main as cli_main
+    from singleton.ops.cli import main as cli_main
 
     return cli_main(sys.argv[1:])
 

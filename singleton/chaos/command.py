@@ -6,11 +6,11 @@ import signal
 import time
 from pathlib import Path
 
-from ..config import parse_endpoints
-from ..errors import ConfigError
-from .harness import DEFAULT, FAST, Harness
-from .report import write_report, write_timeline
-from .scenarios import run_all, select
+from singleton.core.config import parse_endpoints
+from singleton.core.errors import ConfigError
+from singleton.chaos.harness import DEFAULT, FAST, Harness
+from singleton.chaos.report import write_report, write_timeline
+from singleton.chaos.scenarios import run_all, select
 
 
 def run_chaos(*, endpoints: str, replicas: int, scenarios: str, rounds: int, out: str, fast: bool,

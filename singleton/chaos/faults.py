@@ -9,7 +9,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from .harness import FaultEvent, Harness
+from singleton.chaos.harness import FaultEvent, Harness
 
 Fault = Callable[[Harness], FaultEvent]
 QUORUM_LOSS_S = 20.0

@@ -11,14 +11,14 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Config, Endpoint
-from ..embedded import EtcdCluster, EtcdMember, etcd_binary
-from ..errors import BackendError
-from ..etcd import EtcdBackend
-from ..testing.ledger import FAIL_EVERY_ENV, HOLD_ENV, Tick
-from ..testing.proxy import CuttableProxy
-from ..testing.replicas import ReplicaSet, timing_args
-from .clockstep import CLOCK_FILE_ENV
+from singleton.core.config import Config, Endpoint
+from singleton.dev.embedded import EtcdCluster, EtcdMember, etcd_binary
+from singleton.core.errors import BackendError
+from singleton.backends.etcd import EtcdBackend
+from singleton.dev.ledger import FAIL_EVERY_ENV, HOLD_ENV, Tick
+from singleton.testing.proxy import CuttableProxy
+from singleton.dev.replicas import ReplicaSet, timing_args
+from singleton.chaos.clockstep import CLOCK_FILE_ENV
 
 PREFIX = "/singleton-chaos"
 

@@ -7,8 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .harness import ScenarioRun, Timings
-from .verdict import Verdict
+from singleton.chaos.harness import ScenarioRun, Timings
+from singleton.chaos.verdict import Verdict
 
 
 def _pct(values: list[float], p: float) -> float:

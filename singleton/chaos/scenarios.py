@@ -4,9 +4,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from .faults import FAULTS
-from .harness import Harness
-from .verdict import Verdict, judge
+from singleton.chaos.faults import FAULTS
+from singleton.chaos.harness import Harness
+from singleton.chaos.verdict import Verdict, judge
 
 # Each fault is a scenario of its own, so that every verdict speaks of one kind of trouble.
 SCENARIOS: dict[str, list[str]] = {name: [name] for name in FAULTS}

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..testing.ledger import Tick, duplicate_slots, overlaps, tokens_grow
-from .harness import FaultEvent, ScenarioRun, Timings
+from singleton.dev.ledger import Tick, duplicate_slots, overlaps, tokens_grow
+from singleton.chaos.harness import FaultEvent, ScenarioRun, Timings
 
 SLACK_S = 0.5  # process scheduling on a busy 2-core machine
 

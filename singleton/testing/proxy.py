@@ -6,7 +6,7 @@ import select
 import socket
 import threading
 
-from ..embedded import free_port
+from singleton.dev.embedded import free_port
 
 
 class CuttableProxy:

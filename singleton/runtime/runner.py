@@ -11,17 +11,17 @@ from typing import Any
 
 import tenacity
 
-from .abc import Backend, CampaignResult
-from .clock import Clock, SystemClock
-from .config import Config
-from .election import Election, Role, Term
-from .errors import BackendError, WatchCompacted
-from .jobs import JobFn, JobRunner, TickContext
-from .leadership import Leadership
-from .lease import LeaseKeeper, StepDownReason
-from .records import decode_handover, leader_record
-from .status import StatusMixin
-from .telemetry import Stats, register_gauges, tracer
+from singleton.backends.abc import Backend, CampaignResult
+from singleton.core.clock import Clock, SystemClock
+from singleton.core.config import Config
+from singleton.core.election import Election, Role, Term
+from singleton.core.errors import BackendError, WatchCompacted
+from singleton.runtime.jobs import JobFn, JobRunner, TickContext
+from singleton.runtime.leadership import Leadership
+from singleton.core.lease import LeaseKeeper, StepDownReason
+from singleton.core.records import decode_handover, leader_record
+from singleton.runtime.status import StatusMixin
+from singleton.runtime.telemetry import Stats, register_gauges, tracer
 
 log = logging.getLogger("singleton")
 
@@ -41,7 +41,7 @@ class Singleton(StatusMixin):
         self.config = config
         self.clock = clock or SystemClock()
         if backend is None:
-            from .etcd import EtcdBackend
+            from singleton.backends.etcd import EtcdBackend
             backend = EtcdBackend.from_config(config)
         self.backend = backend
         self._job = job

@@ -20,11 +20,11 @@ from etcd3.etcdrpc import kv_pb2 as kv_pb
 from etcd3.etcdrpc import rpc_pb2 as pb
 from etcd3.etcdrpc import rpc_pb2_grpc as pb_grpc
 
-from .abc import Backend, CampaignResult, KeyValue, Lease, WatchEvent
-from .config import Endpoint
-from .errors import (AuthError, BackendError, BackendTimeout, BackendUnavailable, LeaseNotFound, TlsError,
+from singleton.backends.abc import Backend, CampaignResult, KeyValue, Lease, WatchEvent
+from singleton.core.config import Endpoint
+from singleton.core.errors import (AuthError, BackendError, BackendTimeout, BackendUnavailable, LeaseNotFound, TlsError,
                      WatchCompacted)
-from .security import Credentials
+from singleton.core.security import Credentials
 
 log = logging.getLogger(__name__)
 

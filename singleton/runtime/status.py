@@ -9,15 +9,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .clock import Clock
-from .config import Config
-from .election import Election, Role
-from .records import decode_leader
-from .telemetry import GaugeSource, Stats
+from singleton.core.clock import Clock
+from singleton.core.config import Config
+from singleton.core.election import Election, Role
+from singleton.core.records import decode_leader
+from singleton.runtime.telemetry import GaugeSource, Stats
 
 if TYPE_CHECKING:
-    from .abc import Backend
-    from .leadership import Leadership
+    from singleton.backends.abc import Backend
+    from singleton.runtime.leadership import Leadership
 
 
 @dataclass(frozen=True)

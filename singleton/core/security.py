@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
+from singleton.core.errors import ConfigError
 
 PASSWORD_ENV = "SINGLETON_PASSWORD"
 

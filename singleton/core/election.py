@@ -11,8 +11,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from .errors import IllegalTransition
-from .lease import LeaseKeeper, StepDownReason
+from singleton.core.errors import IllegalTransition
+from singleton.core.lease import LeaseKeeper, StepDownReason
 
 
 class Role(enum.Enum):

@@ -6,7 +6,7 @@ import socket
 
 from google.protobuf.message import DecodeError
 
-from .v1.leader_pb2 import Handover, LeaderRecord
+from singleton.v1.leader_pb2 import Handover, LeaderRecord
 
 __all__ = ["Handover", "LeaderRecord", "leader_record", "decode_leader", "decode_handover"]
 

@@ -1,6 +1,6 @@
 """The tick ledger: independent evidence of who ticked when, and the invariants checked on it.
 
-`record_tick` is a job (`--job singleton.testing.ledger:record_tick`) that appends one JSON line when a
+`record_tick` is a job (`--job singleton.dev.ledger:record_tick`) that appends one JSON line when a
 tick starts and one when it ends to the file named by $SINGLETON_LEDGER, with single O_APPEND writes so
 lines from several processes never interleave. CLOCK_MONOTONIC is system-wide on Linux, so the
 monotonic stamps of different processes on one machine compare directly.
@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..jobs import TickContext
+from singleton.runtime.jobs import TickContext
 
 LEDGER_ENV = "SINGLETON_LEDGER"
 HOLD_ENV = "SINGLETON_LEDGER_HOLD_S"  # how long each tick "works" (default 0.05 s)

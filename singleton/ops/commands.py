@@ -8,11 +8,11 @@ import threading
 import time
 from typing import Any
 
-from .abc import KeyValue
-from .config import Config
-from .errors import SingletonError
-from .etcd import EtcdBackend
-from .records import decode_leader
+from singleton.backends.abc import KeyValue
+from singleton.core.config import Config
+from singleton.core.errors import SingletonError
+from singleton.backends.etcd import EtcdBackend
+from singleton.core.records import decode_leader
 
 
 def _describe(kv: KeyValue | None) -> dict[str, Any]:

@@ -8,9 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from .ledger import HOLD_ENV, LEDGER_ENV, Tick, read_ledger
+from singleton.dev.ledger import HOLD_ENV, LEDGER_ENV, Tick, read_ledger
 
-LEDGER_JOB = "singleton.testing.ledger:record_tick"
+LEDGER_JOB = "singleton.dev.ledger:record_tick"
 
 
 def timing_args(lease_ttl_s: float, keepalive_interval_s: float, min_remaining_ttl_s: float) -> list[str]:

@@ -12,9 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-from .embedded import EtcdCluster
-from .testing.ledger import duplicate_slots, missed_slots, overlaps, read_ledger
-from .testing.replicas import ReplicaSet
+from singleton.dev.embedded import EtcdCluster
+from singleton.dev.ledger import duplicate_slots, missed_slots, overlaps, read_ledger
+from singleton.dev.replicas import ReplicaSet
 
 DEMO_TIMINGS = ["--lease-ttl", "5", "--keepalive-interval", "1.5", "--min-remaining-ttl", "1"]
 

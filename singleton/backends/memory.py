@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from .abc import Backend, CampaignResult, KeyValue, Lease, WatchEvent
-from .clock import Clock, SystemClock
-from .errors import BackendTimeout, BackendUnavailable, WatchCompacted
+from singleton.backends.abc import Backend, CampaignResult, KeyValue, Lease, WatchEvent
+from singleton.core.clock import Clock, SystemClock
+from singleton.core.errors import BackendTimeout, BackendUnavailable, WatchCompacted
 
 
 @dataclass

@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 
-from .errors import ConfigError
+from singleton.core.errors import ConfigError
 
 
 class JsonFormatter(logging.Formatter):

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .abc import Backend
-from .telemetry import tracer
+from singleton.backends.abc import Backend
+from singleton.runtime.telemetry import tracer
 
 log = logging.getLogger("singleton")
 

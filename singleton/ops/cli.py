@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from .config import Config
-from .errors import AuthError, ConfigError, SingletonError
-from .jobs import JobFn
-from .logs import setup_logging
+from singleton.core.config import Config
+from singleton.core.errors import AuthError, ConfigError, SingletonError
+from singleton.runtime.jobs import JobFn
+from singleton.ops.logs import setup_logging
 
 ENV_PREFIX = "SINGLETON_"
 
@@ -139,8 +139,8 @@ def preflight(config: Config, timeout_s: float = 5.0) -> None:
     """One authenticated, permission-checked call that changes nothing. A refused CA, certificate, password
     or permission does not fix itself: fail now, in one line (exit 2). etcd merely being unreachable may:
     log it and let the replica's own loop retry with backoff."""
-    from .errors import AuthError, BackendError
-    from .etcd import EtcdBackend
+    from singleton.core.errors import AuthError, BackendError
+    from singleton.backends.etcd import EtcdBackend
 
     backend = EtcdBackend.from_config(config)
     try:
@@ -178,13 +178,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, args.log_format, config.replica_id)
     token = _read_token(args.admin_token_file)
     if args.admin_address:
-        from .admin import check_admin_exposure, parse_address
+        from singleton.ops.admin import check_admin_exposure, parse_address
 
         check_admin_exposure(parse_address(args.admin_address)[0], token)
     if not 0 <= args.http_port <= 65535:
         raise ConfigError(f"bad --http-port {args.http_port}")
-    from .observability import HttpServer, setup_telemetry
-    from .runner import Singleton
+    from singleton.ops.http import HttpServer, setup_telemetry
+    from singleton.runtime.runner import Singleton
 
     preflight(config)
     setup_telemetry(config.replica_id)
@@ -197,7 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             logging.getLogger("singleton").info("http server on %s:%d (/metrics /healthz /readyz)",
                                                 args.http_host, http.port)
         if args.admin_address:
-            from .admin import serve_admin
+            from singleton.ops.admin import serve_admin
 
             server, _ = serve_admin(singleton, args.admin_address, token)
             closers.append(lambda: server.stop(1.0))
@@ -209,8 +209,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def leader_status(config: Config, timeout_s: float = 3.0) -> dict[str, Any]:
-    from .etcd import EtcdBackend
-    from .records import decode_leader
+    from singleton.backends.etcd import EtcdBackend
+    from singleton.core.records import decode_leader
 
     backend = EtcdBackend.from_config(config)
     try:
@@ -234,7 +234,7 @@ def leader_status(config: Config, timeout_s: float = 3.0) -> dict[str, Any]:
 
 def cmd_status(args: argparse.Namespace) -> int:
     if args.watch:
-        from .watching import watch_leader
+        from singleton.ops.commands import watch_leader
 
         return watch_leader(_config(args), as_json=args.json, max_events=args.max_events)
     status = leader_status(_config(args))
@@ -262,16 +262,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "status":
             return cmd_status(args)
         if args.command == "resign":
-            from .watching import resign_leader
+            from singleton.ops.commands import resign_leader
 
             return resign_leader(_config(args), as_json=args.json, timeout_s=args.timeout)
         if args.command == "chaos":
-            from .chaos.command import run_chaos
+            from singleton.chaos.command import run_chaos
 
             return run_chaos(endpoints=args.endpoints, replicas=args.replicas, scenarios=args.scenarios,
                              rounds=args.rounds, out=args.out, fast=args.fast, members=args.members,
                              broken=args.broken_replicas)
-        from .demo import run_demo
+        from singleton.dev.demo import run_demo
 
         return run_demo(replicas=args.replicas, phase_s=args.seconds)
     except ConfigError as err:

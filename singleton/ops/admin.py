@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 
-from .errors import ConfigError
-from .runner import Singleton
-from .v1 import admin_pb2, admin_pb2_grpc
+from singleton.core.errors import ConfigError
+from singleton.runtime.runner import Singleton
+from singleton.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger("singleton")
 

@@ -13,9 +13,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .config import Endpoint
-from .errors import BackendError, SingletonError
-from .security import Credentials
+from singleton.core.config import Endpoint
+from singleton.core.errors import BackendError, SingletonError
+from singleton.core.security import Credentials
 
 
 def etcd_binary(name: str = "etcd") -> str:
@@ -146,7 +146,7 @@ class EtcdCluster:
         self.wait_healthy(timeout_s, [member])
 
     def wait_healthy(self, timeout_s: float = 30.0, members: list[EtcdMember] | None = None) -> None:
-        from .etcd import EtcdBackend
+        from singleton.backends.etcd import EtcdBackend
 
         deadline = time.monotonic() + timeout_s
         for member in members or self.members:

@@ -10,16 +10,16 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .abc import Backend
-from .clock import Clock
-from .config import Config
-from .election import Election, Term
-from .errors import BackendError
-from .jobs import JobRunner, TickContext
-from .lease import StepDownReason
-from .records import Handover
-from .telemetry import Stats
-from .ticker import Verdict, check_due, first_slot, plan_next, plan_slot
+from singleton.backends.abc import Backend
+from singleton.core.clock import Clock
+from singleton.core.config import Config
+from singleton.core.election import Election, Term
+from singleton.core.errors import BackendError
+from singleton.runtime.jobs import JobRunner, TickContext
+from singleton.core.lease import StepDownReason
+from singleton.core.records import Handover
+from singleton.runtime.telemetry import Stats
+from singleton.core.ticker import Verdict, check_due, first_slot, plan_next, plan_slot
 
 log = logging.getLogger("singleton")
 

@@ -1,0 +1,1 @@
+"""Coordination backends: the interface, the in-memory implementation and the etcd one."""
