@@ -12,12 +12,16 @@ from singleton.runtime.leadership import Leadership
 from singleton.core.lease import LeaseKeeper, StepDownReason
 from singleton.backends.memory import MemoryBackend
 from singleton.runtime.telemetry import Stats
-from singleton.core.ticker import Verdict, check_due, first_slot, plan_next, plan_slot
+from singleton.core.ticker import Verdict, check_due, first_plan, plan_next, plan_slot
 
 T0 = 1_700_000_000
 
 
 # --- pure slot arithmetic -----------------------------------------------------------------------------
+def first_slot(wall: float, handover: int | None) -> int:
+    return first_plan(wall, 0.0, handover).slot
+
+
 def test_first_slot_is_the_next_whole_second():
     assert first_slot(T0 + 0.3, None) == T0 + 1
     assert first_slot(T0 + 0.0, None) == T0 + 1  # the current second may already be the predecessor's
@@ -27,6 +31,14 @@ def test_first_slot_after_a_graceful_handover_takes_the_slot_after_the_last_one_
     assert first_slot(T0 + 0.004, T0 - 1) == T0  # woke just after the boundary: the current second is still ours
     assert first_slot(T0 + 0.7, T0) == T0 + 1
     assert first_slot(T0 + 5.2, T0) == T0 + 6  # a stale handover is ignored
+
+
+@pytest.mark.parametrize("ahead_s", [1, 5, 3600])
+def test_a_handover_from_a_clock_ahead_is_due_within_a_second_and_reuses_no_number(ahead_s: int):
+    # The predecessor's clock ran `ahead_s` fast: its last slot is ahead of ours.
+    plan = first_plan(T0 + 0.3, 50.0, T0 + ahead_s)
+    assert plan.slot == T0 + ahead_s + 1  # numbering follows on: no slot number repeats
+    assert plan.wake_at == pytest.approx(50.7)  # due at our next whole second, not in `ahead_s` seconds
 
 
 def test_plans_are_anchored_to_whole_seconds_without_drift():
@@ -196,3 +208,13 @@ def test_handover_slot_runs_at_once_if_it_is_the_current_second():
     run_loop(clock, jobs, lambda c: None, stop_after_s=1.5, handover=T0 - 1)
     assert jobs.started[0] == (T0, start)  # 4 ms late, but the second is not missed
     assert jobs.started[1][0] == T0 + 1
+
+
+def test_a_handover_from_a_leader_whose_clock_is_an_hour_ahead_ticks_within_a_second():
+    clock = FakeClock(wall=T0 + 0.5)
+    jobs = FakeJobs(clock)
+    start = clock.monotonic()
+    run_loop(clock, jobs, lambda c: None, stop_after_s=3.6, handover=T0 + 3600)
+    first_slot_run, first_start = jobs.started[0]
+    assert first_start - start <= 1.0  # not an hour of holding the lease and ticking nothing
+    assert [s for s, _ in jobs.started] == [T0 + 3601, T0 + 3602, T0 + 3603, T0 + 3604]

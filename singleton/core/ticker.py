@@ -16,19 +16,6 @@ MAX_LATENESS_S = 1.0
 CLOCK_STEP_THRESHOLD_S = 0.5
 
 
-def first_slot(wall_now: float, handover_last_slot: int | None) -> int:
-    """The first slot of a new term.
-
-    Normally the next whole second: never one the predecessor may already have run. When the
-    predecessor handed over gracefully and told us the last slot it ran, the slot after it may be
-    the current second; running it (slightly late) is what makes a graceful handover miss nothing.
-    """
-    current = math.floor(wall_now)
-    if handover_last_slot is not None and handover_last_slot + 1 >= current:
-        return handover_last_slot + 1
-    return current + 1
-
-
 @dataclass(frozen=True)
 class SlotPlan:
     slot: int
@@ -53,6 +40,24 @@ class Due:
     wait_s: float = 0.0
     lateness_s: float = 0.0
     clock_step_s: float = 0.0  # how far the wall clock jumped relative to the monotonic clock during the wait
+
+
+def first_plan(wall_now: float, mono_now: float, handover_last_slot: int | None) -> SlotPlan:
+    """The first slot of a new term, due within a second whatever the predecessor's clock said.
+
+    Normally the next whole second: never one the predecessor may already have run. After a graceful
+    handover the predecessor told us the last slot it ran: the slot after it may be the current second,
+    and running it (slightly late) is what makes a graceful handover miss nothing. If that slot is still
+    ahead of our wall clock (the predecessor's clock runs fast, or was stepped), the slot *number* follows
+    on from the handover so no number repeats, but it is due at our next whole second, as after a
+    backward step of our own clock: waiting for our clock to catch up would stall the cluster.
+    """
+    current = math.floor(wall_now)
+    if handover_last_slot is None or handover_last_slot + 1 < current:
+        return plan_slot(current + 1, wall_now, mono_now)
+    if handover_last_slot + 1 == current:
+        return plan_slot(current, wall_now, mono_now)
+    return SlotPlan(handover_last_slot + 1, mono_now + (current + 1 - wall_now), wall_now, mono_now)
 
 
 def plan_slot(slot: int, wall_now: float, mono_now: float) -> SlotPlan:

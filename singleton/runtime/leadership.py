@@ -19,7 +19,7 @@ from singleton.runtime.jobs import JobRunner, TickContext
 from singleton.core.lease import StepDownReason
 from singleton.core.records import Handover
 from singleton.runtime.telemetry import Stats
-from singleton.core.ticker import Verdict, check_due, first_slot, plan_next, plan_slot
+from singleton.core.ticker import Verdict, check_due, first_plan, plan_next
 
 log = logging.getLogger("singleton")
 
@@ -111,7 +111,7 @@ class Leadership:
 
     def _tick_until_step_down(self, handover_last_slot: int | None) -> StepDownReason:
         cfg, clock, keeper = self.config, self.clock, self.term.keeper
-        plan = plan_slot(first_slot(clock.wall(), handover_last_slot), clock.wall(), clock.monotonic())
+        plan = first_plan(clock.wall(), clock.monotonic(), handover_last_slot)
         log.info("first slot %d %s", plan.slot, self._tag)
         while True:
             self._wake.clear()
