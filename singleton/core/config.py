@@ -75,6 +75,10 @@ class Config:
     call_timeout_s: float = 2.0
     stop_timeout_s: float = 5.0
     campaign_backoff_max_s: float = 2.0
+    # A run longer than this is told to cancel (None: no limit). One still running `job_cancel_grace_s` after a
+    # cancel is hung: the replica steps down without releasing its lease, and /healthz fails until it ends.
+    job_timeout_s: float | None = None
+    job_cancel_grace_s: float = 2.0
     # TLS files (paths) and etcd auth; the password itself never comes from a flag.
     cacert: str | None = None
     cert: str | None = None
@@ -135,7 +139,10 @@ class Config:
             raise ConfigError(f"renewal timeout must be > 0 and at most the keepalive interval (got {self.renewal_deadline_s:g})")
         if self.max_failed_renewals < 1:
             raise ConfigError(f"max failed renewals must be >= 1 (got {self.max_failed_renewals})")
+        if self.job_timeout_s is not None and self.job_timeout_s <= 0:
+            raise ConfigError(f"job timeout must be > 0 seconds, or unset for none (got {self.job_timeout_s:g})")
         for label, value in (("call timeout", self.call_timeout_s), ("stop timeout", self.stop_timeout_s),
-                             ("campaign backoff", self.campaign_backoff_max_s)):
+                             ("campaign backoff", self.campaign_backoff_max_s),
+                             ("job cancel grace", self.job_cancel_grace_s)):
             if value <= 0:
                 raise ConfigError(f"{label} must be > 0 (got {value:g})")
