@@ -9,12 +9,16 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from singleton.core.config import Config
 from singleton.core.errors import AuthError, ConfigError, SingletonError
 from singleton.runtime.jobs import JobFn
 from singleton.ops.logs import setup_logging
+
+if TYPE_CHECKING:
+    from singleton.ops.http import HttpServer
+    from singleton.runtime.runner import Singleton
 
 ENV_PREFIX = "SINGLETON_"
 
@@ -165,6 +169,20 @@ def _read_token(path: str) -> str | None:
     return token
 
 
+def _serve_http(host: str, port: int, singleton: Singleton) -> HttpServer:
+    from singleton.ops.http import HttpServer, bind_failure
+
+    try:
+        http = HttpServer(host, port, singleton.health, singleton.readiness)
+    except OSError as err:
+        why = bind_failure(err)
+        remedy = ("give this replica another --http-port (or 0 to turn it off)" if why == "address already in use"
+                  else "check --http-host and --http-port")
+        raise ConfigError(f"cannot serve /metrics and health on {host}:{port}: {why}; {remedy}") from None
+    logging.getLogger("singleton").info("http server on %s:%d (/metrics /healthz /readyz)", host, http.port)
+    return http.start()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.id:
@@ -183,27 +201,26 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_admin_exposure(parse_address(args.admin_address)[0], token)
     if not 0 <= args.http_port <= 65535:
         raise ConfigError(f"bad --http-port {args.http_port}")
-    from singleton.ops.http import HttpServer, setup_telemetry
+    from singleton.ops.http import setup_telemetry
     from singleton.runtime.runner import Singleton
 
-    preflight(config)
     setup_telemetry(config.replica_id)
-    singleton = Singleton(config, job)
+    singleton = Singleton(config, job)  # its etcd channels open on first use, not here
     closers: list[Callable[[], object]] = []
     try:
+        # Our ports before etcd: a second replica on this host with the same port stops here, having
+        # touched nothing.
         if args.http_port:
-            http = HttpServer(args.http_host, args.http_port, singleton.health, singleton.readiness).start()
-            closers.append(http.close)
-            logging.getLogger("singleton").info("http server on %s:%d (/metrics /healthz /readyz)",
-                                                args.http_host, http.port)
+            closers.append(_serve_http(args.http_host, args.http_port, singleton).close)
         if args.admin_address:
             from singleton.ops.admin import serve_admin
 
             server, _ = serve_admin(singleton, args.admin_address, token)
             closers.append(lambda: server.stop(1.0))
+        preflight(config)
         singleton.run()
     finally:
-        for close in closers:
+        for close in reversed(closers):
             close()
     return 0
 
