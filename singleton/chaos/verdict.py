@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from singleton.dev.ledger import Tick, duplicate_slots, overlaps, tokens_grow
-from singleton.chaos.harness import FaultEvent, ScenarioRun, Timings
+from singleton.chaos.harness import FaultEvent, ScenarioRun
+from singleton.core.timings import Timings
 
 SLACK_S = 0.5  # process scheduling on a busy 2-core machine
 

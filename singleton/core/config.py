@@ -55,6 +55,12 @@ def parse_endpoints(text: str | Sequence[str | Endpoint]) -> tuple[Endpoint, ...
     return endpoints
 
 
+def default_renewal_timeout_s(keepalive_interval_s: float) -> float:
+    """The deadline of one renewal when none is given: 1 s, or half the keepalive interval if that is shorter
+    (a renewal that hangs must give up well before the next one is due)."""
+    return min(1.0, keepalive_interval_s / 2)
+
+
 def default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -69,7 +75,7 @@ class Config:
     prefix: str = "/singleton"
     lease_ttl_s: float = 10.0
     keepalive_interval_s: float = 3.0
-    renewal_timeout_s: float | None = None  # None: min(1 s, half the keepalive interval)
+    renewal_timeout_s: float | None = None  # None: default_renewal_timeout_s(keepalive_interval_s)
     min_remaining_ttl_s: float = 2.0
     max_failed_renewals: int = 2
     call_timeout_s: float = 2.0
@@ -92,7 +98,7 @@ class Config:
         if not all(isinstance(e, Endpoint) for e in self.endpoints) or not isinstance(self.endpoints, tuple):
             object.__setattr__(self, "endpoints", parse_endpoints(self.endpoints))
         if self.renewal_timeout_s is None:
-            object.__setattr__(self, "renewal_timeout_s", min(1.0, self.keepalive_interval_s / 2))
+            object.__setattr__(self, "renewal_timeout_s", default_renewal_timeout_s(self.keepalive_interval_s))
         self.validate()
         credentials = load_credentials(self.cacert, self.cert, self.key, self.user, self.password_file, self.password)
         if credentials and credentials.tls and not all(e.secure for e in self.endpoints):
