@@ -5,7 +5,6 @@ Mixed into Singleton; reads its state, never changes the election.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -127,7 +126,7 @@ class StatusMixin(GaugeSource):
         if role not in (Role.LEADER, Role.FOLLOWER):
             problems.append(f"role is {role.value}")
         window = max(5.0, 2 * self.config.keepalive_interval_s + self.config.call_timeout_s)
-        silent = time.monotonic() - self.backend.last_ok_at
+        silent = self.clock.monotonic() - self.backend.last_ok_at  # backends stamp it on the same clock
         if silent > window:
             problems.append(f"no answer from etcd for {silent:.1f} s")
         return problems
