@@ -272,3 +272,17 @@ def test_the_private_job_loop_is_closed() -> None:
     assert loop is not None
     runner.close()
     assert loop.is_closed()
+
+
+def test_a_standby_with_the_leaders_id_says_so_and_never_believes_it_leads(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="singleton")
+    backend = MemoryBackend()
+    rec = Recorder()
+    first = Singleton(config("twin"), rec, backend=backend)
+    second = Singleton(config("twin"), rec, backend=backend)
+    with first:
+        wait_for(lambda: first.is_leader, 5, "the first twin to lead")
+        with second:
+            wait_for(lambda: "carries our id 'twin' but not our lease" in caplog.text, 5, "the warning")
+            assert not second.is_leader and second.role is Role.FOLLOWER and second.fencing_token is None
+    rec.assert_safe()

@@ -279,9 +279,11 @@ class Singleton(StatusMixin):
         log.info("standing by: token %d holds %s", holder.create_revision, self.config.leader_key)
         record = decode_leader(holder.value)
         if record is not None and record.replica_id == self.config.replica_id:
-            # Not us (our lease lost the campaign): two replicas were given the same id.
-            log.error("another replica leads with our id %r (lease %x): give every replica its own --id",
-                      record.replica_id, holder.lease_id)
+            # Not us: our lease lost. Either another process has our id, or an earlier run of ours crashed and
+            # its lease has not lapsed yet (a restarted pod keeps its name). We wait like any standby.
+            log.warning("the leader record carries our id %r but not our lease (%x, host %s pid %d): another "
+                        "replica runs with this id, or an earlier run of it crashed; give every replica its own id",
+                        record.replica_id, holder.lease_id, record.host, record.pid)
         start = lost.revision + 1
         while not self._stop.is_set():
             try:
