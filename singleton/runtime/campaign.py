@@ -16,7 +16,7 @@ from singleton.core.config import Config
 from singleton.core.election import Election, Term
 from singleton.core.errors import BackendError, WatchCompacted
 from singleton.core.lease import LeaseKeeper
-from singleton.core.records import decode_handover, decode_leader, leader_record
+from singleton.core.records import Handover, decode_handover, decode_leader, leader_record
 from singleton.runtime.telemetry import tracer
 
 log = logging.getLogger("singleton")
@@ -27,8 +27,12 @@ class Won:
     term: Term
     result: CampaignResult
     sent_at: float  # monotonic send time of the lease grant: the lease's local expiry counts from it
-    handover_last_slot: int | None  # the predecessor's last slot, when its handover woke us
+    handover: Handover | None  # the predecessor's handover, when it is the very delete that woke us
     vacant_for_s: float | None  # how long the key stood vacant before we won, when we saw it go
+
+    @property
+    def handover_last_slot(self) -> int | None:
+        return self.handover.last_slot if self.handover is not None and self.handover.last_slot > 0 else None
 
 
 class Campaigner:
@@ -65,7 +69,7 @@ class Campaigner:
             if term is not None:
                 seen_at, self._vacancy_seen_at = self._vacancy_seen_at, None
                 vacant_for = None if seen_at is None else self.clock.monotonic() - seen_at
-                return Won(term, result, sent_at, self._handover_slot(result), vacant_for)
+                return Won(term, result, sent_at, self._handover(result), vacant_for)
             self._wait_for_vacancy(result)
         return None
 
@@ -90,7 +94,8 @@ class Campaigner:
         try:
             result = self.backend.campaign(cfg.leader_key, leader_record(cfg.replica_id, lease.lease_id,
                                                                          self.clock.wall()),
-                                           lease.lease_id, cfg.call_timeout_s, also_read=(cfg.handover_key,))
+                                           lease.lease_id, cfg.call_timeout_s,
+                                           also_read=(cfg.handover_key, cfg.run_key))
         except BackendError:
             self._revoke_quietly(lease.lease_id)  # outcome unknown: revoking also removes our key if written
             self.election.campaign_failed()
@@ -109,13 +114,12 @@ class Campaigner:
         except BackendError as err:
             log.warning("could not revoke unused lease %x (it expires by itself): %s", lease_id, err)
 
-    def _handover_slot(self, result: CampaignResult) -> int | None:
-        """The predecessor's last slot, only if its handover is the very delete we were woken by."""
+    def _handover(self, result: CampaignResult) -> Handover | None:
+        """The predecessor's handover, only if it is the very delete we were woken by."""
         kv = result.extra.get(self.config.handover_key)
         if kv is None or self._vacancy_revision is None or kv.mod_revision != self._vacancy_revision:
             return None
-        handover = decode_handover(kv.value)
-        return handover.last_slot if handover and handover.last_slot > 0 else None
+        return decode_handover(kv.value)
 
     def _warn_if_our_id(self, holder: KeyValue) -> None:
         record = decode_leader(holder.value)

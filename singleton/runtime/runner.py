@@ -15,7 +15,8 @@ from singleton.core.config import Config
 from singleton.core.election import Election, Role
 from singleton.core.errors import ConfigError
 from singleton.runtime.campaign import Campaigner, Won
-from singleton.runtime.jobs import JobFn, JobRunner, TickContext
+from singleton.runtime.jobs import JobFn, JobRunner, TickContext, outcome
+from singleton.runtime.runs import RunChain
 from singleton.runtime.leadership import Leadership
 from singleton.runtime.listeners import Listeners
 from singleton.core.lease import StepDownReason
@@ -203,8 +204,11 @@ class Singleton(StatusMixin):
         self._resign.clear()
         self.stats.won(won.vacant_for_s)
         log.info("elected leader of %s replica=%s token=%d", cfg.leader_key, cfg.replica_id, term.fencing_token)
+        chain = RunChain(cfg, self.backend, self.clock, term.fencing_token, won.result.extra.get(cfg.run_key)) \
+            if cfg.run_record else None
         leadership = Leadership(cfg, self.backend, self.clock, self.election, term, jobs, self.stats, self._wake,
-                                self._requested_step_down, self._stepping_down)
+                                self._requested_step_down, self._stepping_down, chain)
+        leadership.measure_skew(won.handover.written_at_unix_s if won.handover else None, won.vacant_for_s)
         self._leadership = leadership
         self._changed()
         self._listeners.post(self._on_elected, term.fencing_token)  # never waits: the keepalive starts now
@@ -239,6 +243,11 @@ class Singleton(StatusMixin):
 
     def _job_done(self, ctx: TickContext, duration_s: float, error: BaseException | None) -> None:
         self.stats.job_done(duration_s, failed=error is not None)
+        leadership = self._leadership
+        if leadership is not None and leadership.chain is not None:  # its outcome goes into the next claim
+            leadership.chain.finished(ctx.slot, ctx.scheduled_at + ctx.lateness_s, duration_s, outcome(ctx, error),
+                                      "" if error is None else f"{type(error).__name__}: {error}",
+                                      ctx.coalesced_slots[0] if ctx.coalesced_slots else 0)
         if error is not None:
             log.error("job failed in slot %d replica=%s token=%d", ctx.slot, ctx.replica_id, ctx.fencing_token,
                       exc_info=error)

@@ -96,7 +96,8 @@ class StatusMixin(GaugeSource):
         return {"is_leader": 1.0 if leading else 0.0,
                 "fencing_token": float(term.fencing_token) if leading and term else 0.0,
                 "lease_remaining": max(0.0, term.keeper.remaining_s(self.clock.monotonic())) if leading and term
-                else 0.0}
+                else 0.0,
+                "clock_skew": self.stats.clock_skew_s}
 
     def health(self) -> list[str]:
         """Problems that mean this process is wedged (liveness); empty when healthy."""
