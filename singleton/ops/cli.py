@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     resign.add_argument("--json", action="store_true", help="machine-readable output")
     resign.add_argument("--timeout", type=float, default=15.0, help="how long to wait for the handover")
 
+    history = sub.add_parser("history", help="the last runs of the job, from the run record in etcd")
+    _add_connection(history)
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    history.add_argument("--limit", type=int, default=20, help="how many runs, newest first")
+
     chaos = sub.add_parser("chaos", help="failover chaos scenarios with a report and a timeline picture")
     chaos.add_argument("--endpoints", default="", help="your etcd (keys go under /singleton-chaos/); "
                        "default: an embedded etcd")
@@ -268,6 +273,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from singleton.ops.commands import resign_leader
 
             return resign_leader(_config(args), as_json=args.json, timeout_s=args.timeout)
+        if args.command == "history":
+            from singleton.backends.etcd import EtcdBackend
+            from singleton.ops.history import show_history
+
+            if args.limit < 1:
+                raise ConfigError(f"--limit must be at least 1 (got {args.limit})")
+            backend = EtcdBackend.from_config(_config(args))
+            try:
+                return show_history(backend, _config(args), as_json=args.json, limit=args.limit)
+            finally:
+                backend.close()
         if args.command == "chaos":
             from singleton.chaos.command import run_chaos
 
