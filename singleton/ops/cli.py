@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="step down after this many failures in a row")
     _option(run, "--stop-timeout", type=float, default=5.0, help="how long a graceful stop waits for the tick")
     _option(run, "--job-timeout", type=float, help="cancel a run longer than this many seconds (default: none)")
+    _option(run, "--run-record", default="on", help="on: claim every run in etcd before it starts (no slot twice "
+            "whatever the clocks say); off: slots rest on the leader's clock alone")
+    _option(run, "--catch-up", default="skip", help="after a crash takeover: skip (count the missed slots) or "
+            "coalesce (one run at once for them)")
+    _option(run, "--catch-up-window", type=float, default=60.0, help="coalesce only the missed slots this recent")
+    _option(run, "--history-size", type=int, default=100, help="runs kept in etcd for `singleton history`")
     _option(run, "--job-cancel-grace", type=float, default=2.0, help="a run still going this long after its cancel "
             "is hung: step down without releasing the lease, fail /healthz until it ends")
     _option(run, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -195,6 +201,12 @@ def _serve_http(host: str, port: int, singleton: Singleton) -> HttpServer:
     return http.start()
 
 
+def _on_off(flag: str, value: str) -> bool:
+    if value not in ("on", "off"):
+        raise ConfigError(f"{flag} must be on or off (got {value!r})")
+    return value == "on"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.id:
@@ -204,7 +216,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args, lease_ttl_s=args.lease_ttl, keepalive_interval_s=args.keepalive_interval,
                      min_remaining_ttl_s=args.min_remaining_ttl, max_failed_renewals=args.max_failed_renewals,
                      stop_timeout_s=args.stop_timeout, job_timeout_s=args.job_timeout,
-                     job_cancel_grace_s=args.job_cancel_grace, **extra)
+                     job_cancel_grace_s=args.job_cancel_grace, run_record=_on_off("--run-record", args.run_record),
+                     catch_up=args.catch_up, catch_up_window_s=args.catch_up_window,
+                     history_size=args.history_size, **extra)
     job = load_job(args.job)  # all checked before anything touches etcd
     setup_logging(args.log_level, args.log_format, config.replica_id)
     token = _read_token(args.admin_token_file)
