@@ -8,19 +8,26 @@ from typing import Any
 from singleton.backends.abc import Backend
 from singleton.core.config import Config
 from singleton.runtime.runs import decode_entry, decode_run
+from singleton.v1.run_pb2 import RunEntry, RunRecord
 
 
-def read_history(backend: Backend, config: Config, limit: int, timeout_s: float = 3.0) -> dict[str, Any]:
-    """The last claim and up to `limit` finished runs, newest first."""
+def read_runs(backend: Backend, config: Config, limit: int,
+              timeout_s: float = 3.0) -> tuple[RunRecord | None, list[RunEntry]]:
+    """The last claim and up to `limit` finished runs, newest first (for the CLI and the admin API)."""
     kv, _ = backend.get(config.run_key, timeout_s)
     record = decode_run(kv.value) if kv is not None else None
     entries = [e for e in (decode_entry(kv.value) for kv in backend.get_prefix(config.history_prefix, timeout_s))
                if e is not None]
     entries.sort(key=lambda e: e.seq, reverse=True)
+    return record, entries[:limit]
+
+
+def read_history(backend: Backend, config: Config, limit: int, timeout_s: float = 3.0) -> dict[str, Any]:
+    record, entries = read_runs(backend, config, limit, timeout_s)
     runs = [{"seq": e.seq, "slot": e.slot, "replica_id": e.replica_id, "fencing_token": e.fencing_token,
              "started_at_unix_s": e.started_at_unix_s or None, "duration_s": round(e.duration_s, 6),
              "outcome": e.outcome, "error": e.error or None,
-             "coalesced_from": e.coalesced_from or None} for e in entries[:limit]]
+             "coalesced_from": e.coalesced_from or None} for e in entries]
     last_claim = None if record is None else {
         "seq": record.seq, "slot": record.slot, "replica_id": record.replica_id,
         "fencing_token": record.fencing_token, "claimed_at_unix_s": record.claimed_at_unix_s}
