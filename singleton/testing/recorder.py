@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from singleton import Config, Singleton, TickContext
+from singleton import Config, Role, Singleton, TickContext
 
 FAST = {"lease_ttl_s": 3, "keepalive_interval_s": 1.0, "min_remaining_ttl_s": 0.6}
 
@@ -63,3 +63,11 @@ def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.02)
+
+
+def wait_standing_by(s: Singleton, leader_id: str, timeout_s: float) -> None:
+    """Wait until `s` has lost its campaign to `leader_id` and follows it: from then on it only watches
+    the leader key, from the revision its campaign was decided at, so it misses no vacancy however late
+    the watch stream opens (a few ms). Use before a handover that the standby must take at once."""
+    wait_for(lambda: s.role is Role.FOLLOWER and s.status().leader_id == leader_id, timeout_s,
+             f"{s.config.replica_id} to stand by behind {leader_id}")
