@@ -67,7 +67,9 @@ def test_async_job_under_async_with_is_cancelled_on_stop() -> None:
 
     async def main() -> Singleton:
         async with Singleton(config("a", stop_timeout_s=0.5), job, backend=MemoryBackend()) as app:
-            while not started:
+            deadline = time.monotonic() + 5
+            while not started:  # bounded, as every wait here
+                assert time.monotonic() < deadline, "no tick within 5 s"
                 await asyncio.sleep(0.02)
         return app
 
