@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -119,9 +118,10 @@ def test_metrics_move_across_a_resign_and_the_new_leader_takes_the_next_second(p
 
     pair.rs.wait_ticks(2, 5, replica="b")
     ticks = pair.rs.ticks()
-    last_a = max(t.slot for t in ticks if t.replica == "a")
-    first_b = min(t.slot for t in ticks if t.replica == "b")
-    assert first_b == last_a + 1, "resign missed a second"
+    last_a = max((t for t in ticks if t.replica == "a"), key=lambda t: t.slot)
+    first_b = min((t for t in ticks if t.replica == "b"), key=lambda t: t.slot)
+    assert first_b.slot == last_a.slot + 1, "resign missed a second"
+    assert last_a.end_mono is not None
 
     a1, b1 = pair.scrape("a"), pair.scrape("b")
     assert metric(a1, "singleton_is_leader", replica_id="a") == 0
@@ -129,7 +129,10 @@ def test_metrics_move_across_a_resign_and_the_new_leader_takes_the_next_second(p
     assert metric(b1, "singleton_is_leader", replica_id="b") == 1
     assert metric(b1, "singleton_elections_won_total", replica_id="b") == 1
     assert metric(b1, "singleton_takeover_time_seconds_count", replica_id="b") == 1
-    assert metric(b1, "singleton_takeover_time_seconds_sum", replica_id="b") < 1.0
+    # b counts the vacancy from seeing a's key deleted to winning: inside the gap the ledger shows
+    # between a's last tick ending and b's first starting (one monotonic clock for all processes).
+    took = metric(b1, "singleton_takeover_time_seconds_sum", replica_id="b")
+    assert 0 < took < first_b.start_mono - last_a.end_mono, (took, last_a, first_b)
     print("scrape of b before:\n" + "\n".join(l for l in b0.splitlines() if l.startswith("singleton_") and "bucket" not in l))
     print("scrape of b after:\n" + "\n".join(l for l in b1.splitlines() if l.startswith("singleton_") and "bucket" not in l))
 
@@ -147,23 +150,40 @@ def test_cli_status_json_agrees_with_etcd_and_watch_and_resign_work(pair: Pair, 
 
     watcher = subprocess.Popen([*base, "status", *conn, "--watch", "--json", "--max-events", "2"],
                                stdout=subprocess.PIPE, text=True)
+    lines: list[str] = []
+
+    def read() -> None:
+        for line in watcher.stdout or ():
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        time.sleep(1.0)
+        # Its first line is the leader as read; it watches from that read's revision on, so from here
+        # on it misses no change.
+        wait_for(lambda: lines, 20, "the watcher's first line")
         resign = subprocess.run([*base, "resign", *conn, "--json"], capture_output=True, text=True, timeout=30)
         assert resign.returncode == 0, resign.stderr
         result = json.loads(resign.stdout)
         assert result["resigned"]["leader"] == "a" and result["new_leader"]["leader"] == "b"
-        lines, _ = watcher.communicate(timeout=15)
+        watcher.wait(15)
+        reader.join(5)
     finally:
         if watcher.poll() is None:
             watcher.kill()
             watcher.wait()
-    events = [json.loads(line) for line in lines.splitlines()]
+    events = [json.loads(line) for line in lines]
     assert [e["leader"] for e in events] == ["a", None, "b"]
-    assert events[2]["since_last_change_s"] is not None and events[2]["since_last_change_s"] < 1.0
     rs.wait_ticks(2, 5, replica="b")
     ticks = rs.ticks()
-    assert min(t.slot for t in ticks if t.replica == "b") == max(t.slot for t in ticks if t.replica == "a") + 1
+    last_a = max((t for t in ticks if t.replica == "a"), key=lambda t: t.slot)
+    first_b = min((t for t in ticks if t.replica == "b"), key=lambda t: t.slot)
+    assert first_b.slot == last_a.slot + 1, "resign missed a second"
+    # The vacancy it reports (delete to put, as it received them) is the one the ledger shows, give or
+    # take the delivery of one watch event to a process on a busy machine.
+    since = events[2]["since_last_change_s"]
+    assert last_a.end_mono is not None and since is not None
+    assert 0 <= since < first_b.start_mono - last_a.end_mono + 0.5, (since, last_a, first_b)
 
 
 def test_healthz_turns_red_when_the_ticker_is_wedged(etcd: EtcdCluster, name: str,

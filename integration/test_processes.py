@@ -5,17 +5,33 @@ no two ticks overlap, no slot runs twice, tokens grow, and each takeover is insi
 """
 from __future__ import annotations
 
+import math
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from singleton.dev.embedded import EtcdCluster
-from singleton.dev.ledger import Tick, safety_violations
+from singleton.dev.embedded import EtcdCluster, free_port
 from singleton.core.timings import DEFAULT, FAST, Timings
+from singleton.dev.ledger import Tick, safety_violations
 from singleton.dev.replicas import ReplicaSet
+from singleton.testing.recorder import wait_for
+
+# etcd looks for expired leases every 0.5 s (its lessor's loop), so a key outlives its lease by up to that.
+ETCD_EXPIRY_CHECK_S = 0.5
+SLACK_S = 0.5  # process scheduling on a busy 2-core machine
+
+
+def ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False  # not listening yet, or 503: still campaigning, or not connected
 
 
 @pytest.fixture
@@ -23,10 +39,13 @@ def replicas(request: pytest.FixtureRequest, etcd: EtcdCluster, tmp_path: Path, 
     timings: Timings = getattr(request, "param", FAST)
     rs = ReplicaSet(tmp_path, etcd.endpoints_arg, name, timings.cli_args(), hold_s=0.2)
     rs.ttl_s = timings.lease_ttl_s  # type: ignore[attr-defined]
+    ports = {f"r{i}": free_port() for i in range(3)}
     try:  # every process started here is stopped, whatever fails
-        for i in range(3):
-            rs.start(f"r{i}")
+        for replica, port in ports.items():
+            rs.start(replica, extra_args=["--http-port", str(port)])
         rs.wait_ticks(3, 20)
+        # Ready is leader or follower (campaign decided) and connected: the standbys are in place.
+        wait_for(lambda: all(ready(port) for port in ports.values()), 20, "every replica ready")
         yield rs
     finally:
         rs.stop_all()
@@ -39,10 +58,11 @@ def check_invariants(ticks: list[Tick]) -> None:
     assert not problems, "; ".join(problems)
 
 
-def kill_leader(rs: ReplicaSet, sig: int) -> tuple[str, Tick, float]:
+def kill_leader(rs: ReplicaSet, sig: int) -> tuple[str, float, float]:
+    """Signal the leader between two ticks; returns it and the monotonic and wall times of the signal."""
     last = rs.quiet_moment()
     rs.signal(last.replica, sig)
-    return last.replica, last, time.monotonic()
+    return last.replica, time.monotonic(), time.time()
 
 
 def first_tick_after(rs: ReplicaSet, old: str, after: float, timeout_s: float) -> Tick:
@@ -52,19 +72,21 @@ def first_tick_after(rs: ReplicaSet, old: str, after: float, timeout_s: float) -
 
 
 def graceful_handover(rs: ReplicaSet) -> None:
-    old, _, sent = kill_leader(rs, signal.SIGTERM)
+    old, sent, sent_wall = kill_leader(rs, signal.SIGTERM)
     new = first_tick_after(rs, old, sent, 5)
     last_old = max((t for t in rs.ticks() if t.replica == old), key=lambda t: t.slot)
     assert new.slot == last_old.slot + 1, f"graceful handover missed {new.slot - last_old.slot - 1} second(s)"
-    assert new.start_mono - sent < 1.5
+    # Promptly: the old leader ran at most the slot that was already coming when it got SIGTERM.
+    assert new.slot <= math.floor(sent_wall) + 2, f"handed over only at slot {new.slot}, signalled at {sent_wall:.2f}"
     rs.wait_ticks(2, 5, replica=new.replica, after=sent)
 
 
 def crash_failover(rs: ReplicaSet, ttl_s: float) -> None:
-    old, _, killed = kill_leader(rs, signal.SIGKILL)
-    new = first_tick_after(rs, old, killed, ttl_s + 3)
-    # bound: remaining lease (at most the TTL) + 1 s to the next slot, plus process scheduling slack
-    assert new.start_mono - killed <= ttl_s + 1 + 0.5, f"crash takeover took {new.start_mono - killed:.2f} s"
+    old, killed, _ = kill_leader(rs, signal.SIGKILL)
+    bound = ttl_s + ETCD_EXPIRY_CHECK_S + 1 + SLACK_S
+    new = first_tick_after(rs, old, killed, bound + 2)
+    # bound: the remaining lease (at most the TTL), etcd noticing it lapsed, up to 1 s to the next slot
+    assert new.start_mono - killed <= bound, f"crash takeover took {new.start_mono - killed:.2f} s > {bound:g} s"
     rs.wait_ticks(2, 5, replica=new.replica, after=killed)
 
 
@@ -78,16 +100,19 @@ def test_sigkill_standby_takes_over_within_the_lease_plus_one_second(replicas: R
 
 def test_sigstop_past_the_lease_never_ticks_on_the_expired_lease(replicas: ReplicaSet) -> None:
     rs = replicas
-    old, _, stopped = kill_leader(rs, signal.SIGSTOP)
+    old, stopped, _ = kill_leader(rs, signal.SIGSTOP)
     ttl = rs.ttl_s  # type: ignore[attr-defined]
-    new = first_tick_after(rs, old, stopped, ttl + 3)
+    new = first_tick_after(rs, old, stopped, ttl + ETCD_EXPIRY_CHECK_S + 1 + SLACK_S + 2)
     time.sleep(max(0.0, stopped + ttl + 2 - time.monotonic()))
     rs.signal(old, signal.SIGCONT)
     resumed = time.monotonic()
-    rs.wait_ticks(3, 5, replica=new.replica, after=resumed)
+    # Woken, it checks its lease before anything else: past the margin (or, if its renewal's answer
+    # comes first, told by etcd that the lease is gone), it steps down.
+    reasons = ("lease_expiring", "renewals_failed", "lease_lost")
+    wait_for(lambda: any(f"stepping down ({r})" in rs.log(old) for r in reasons), 10, "the thawed leader to step down")
+    rs.wait_ticks(2, 5, replica=new.replica, after=resumed)
     old_after = [t for t in rs.ticks() if t.replica == old and t.start_mono > stopped]
     assert not old_after, f"the paused replica ticked after it woke: {old_after}"
-    assert "stepping down (lease_expiring)" in rs.log(old) or "stepping down (renewals_failed)" in rs.log(old)
 
 
 @pytest.mark.parametrize("replicas", [DEFAULT], indirect=True)

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import pytest
 
-from singleton.testing.recorder import Recorder, make, wait_for
+from singleton.testing.recorder import Recorder, make, wait_for, wait_standing_by
 from singleton import BackendTimeout, Role, StepDownReason
 from singleton.dev.embedded import EtcdCluster
+from singleton.backends.abc import WatchEvent
 from singleton.backends.etcd import EtcdBackend
 from singleton.testing.proxy import CuttableProxy
 
@@ -20,6 +22,7 @@ def test_one_leader_and_a_graceful_stop_hands_over_the_next_second(etcd: EtcdClu
     a.start()
     wait_for(lambda: a.is_leader, 5, "a to lead")
     b.start()
+    wait_standing_by(b, "a", 10)  # the handover is taken at once only by a standby already following
     wait_for(lambda: len(rec.by("a")) >= 2, 5, "a to tick")
     assert b.role is Role.FOLLOWER and not rec.by("b")
     a.stop()
@@ -78,7 +81,8 @@ def test_lost_campaigns_leak_no_lease(etcd: EtcdCluster, name: str) -> None:
     after = set(etcd.lease_ids())
     leader.stop()
     loser.backend.close()
-    assert after == before, f"leaked leases: {after - before}"
+    # Only new leases are leaks: one left by an earlier test on this shared etcd may lapse meanwhile.
+    assert not after - before, f"leaked leases: {after - before}"
 
 
 def test_renewal_against_a_hung_member_fails_at_its_deadline(etcd: EtcdCluster) -> None:
@@ -92,11 +96,16 @@ def test_renewal_against_a_hung_member_fails_at_its_deadline(etcd: EtcdCluster) 
         with pytest.raises(BackendTimeout):
             backend.keep_alive_once(lease.lease_id, 1.0)
         elapsed = time.monotonic() - started
-        assert 0.95 <= elapsed < 1.6, elapsed
+        # It waited for its deadline (a hang, not a refusal) and not for some longer timeout of the
+        # client's; the 1 s beyond it is only for waking a thread on a busy machine.
+        assert 0.95 <= elapsed < 1.0 + 1.0, elapsed
     finally:
         proxy.heal()
-        backend.close()
-        proxy.close()
+        try:
+            backend.revoke_lease(lease.lease_id, 2.0)  # leave no lease on the shared etcd
+        finally:
+            backend.close()
+            proxy.close()
 
 
 def _endpoint(proxy: CuttableProxy):  # type: ignore[no-untyped-def]
@@ -112,28 +121,43 @@ def test_a_leader_cut_off_from_etcd_steps_down_before_its_lease_lapses(etcd: Etc
     b = make(etcd.endpoints, name, "b", rec, **timings)
     stepped: list[tuple[StepDownReason, float]] = []
     a.on_stepped_down(lambda reason: stepped.append((reason, time.monotonic())))
+    # etcd's own word on when a's term ended, through a client of its own: the delete of the leader key.
+    observer = EtcdBackend(etcd.endpoints)
+    key_events: list[tuple[WatchEvent, float]] = []
+    stop_watching = threading.Event()
+
+    def observe(start_revision: int) -> None:
+        for ev in observer.watch(a.config.leader_key, start_revision, stop_watching):
+            key_events.append((ev, time.monotonic()))
+
     try:
         a.start()
         wait_for(lambda: a.is_leader, 5, "a to lead")
-        b.start()
-        wait_for(lambda: len(rec.by("a")) >= 2, 5, "a to tick")
-        proxy.cut()
-        cut_at = time.monotonic()
         term = a.election.term
         assert term is not None
-        wait_for(lambda: stepped, 6, "a to step down")
-        reason, at = stepped[0]
-        # two renewals (1 s apart, 0.5 s deadline each) or the margin, whichever first; never past the lease
+        threading.Thread(target=observe, args=(term.fencing_token,), daemon=True).start()
+        b.start()
+        wait_standing_by(b, "a", 10)
+        wait_for(lambda: len(rec.by("a")) >= 2, 5, "a to tick")
+        wait_for(lambda: key_events, 5, "the observer to see a's key")
+        proxy.cut()
+        wait_for(lambda: stepped, 8, "a to step down")
+        reason, stepped_at = stepped[0]
+        # On its own lease rules (two failed renewals or the margin), not on learning the lease was gone.
         assert reason in (StepDownReason.RENEWALS_FAILED, StepDownReason.LEASE_EXPIRING)
-        assert at - cut_at <= 2 * 1.0 + 0.5 + 0.5
-        assert at < term.keeper.expires_at
+        wait_for(lambda: any(ev.deleted for ev, _ in key_events), 10, "etcd to expire a's lease")
+        expired_at = next(at for ev, at in key_events if ev.deleted)
+        assert stepped_at < expired_at, "a was still leading when etcd expired its lease"
+        assert all(r.end_mono is not None and r.end_mono < expired_at for r in rec.by("a")), "a ticked on a lapsed lease"
         wait_for(lambda: rec.by("b"), 8, "b to take over once a's lease lapsed")
         assert rec.by("b")[0].start_mono >= max(r.end_mono or r.start_mono for r in rec.by("a"))
     finally:
+        stop_watching.set()
         proxy.heal()
         a.stop()
         b.stop()
         proxy.close()
+        observer.close()
     rec.assert_safe()
 
 
@@ -144,9 +168,9 @@ def test_etcd_down_at_start_retries_with_a_clear_message_then_wins(name: str, ca
     s = make(cluster.endpoints, name, "early", rec)
     try:
         s.start()
-        time.sleep(1.5)
-        assert not s.is_leader
-        assert any("etcd not usable" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)
+        wait_for(lambda: sum("etcd not usable" in r.getMessage() and "retrying" in r.getMessage()
+                             for r in caplog.records) >= 2, 10, "two retries, each with a clear message")
+        assert not s.is_leader and s.health() == []  # still running, waiting for etcd
         cluster.start()
         wait_for(lambda: rec.runs, 15, "a tick once etcd is up")
     finally:
@@ -165,7 +189,8 @@ def test_graceful_stop_keeps_the_lease_while_a_tick_longer_than_the_lease_finish
         a.start()
         wait_for(lambda: rec.by("a"), 5, "a's first tick")
         b.start()
-        time.sleep(0.3)
+        wait_standing_by(b, "a", 4)  # well inside a's 4.5 s tick, so a.stop() waits on a running tick
+        assert rec.by("a")[0].end_mono is None
         a.stop()
         tick = rec.by("a")[0]
         assert tick.end_mono is not None and tick.end_mono - tick.start_mono >= 4.4, "the tick was cut short"

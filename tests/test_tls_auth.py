@@ -1,6 +1,7 @@
 """A real etcd with TLS, --client-cert-auth and auth enabled; a role may read-write only the singleton prefix."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -126,18 +127,22 @@ def test_bad_material_is_refused_in_one_line_with_exit_2(secure: SecureEtcd, cas
     assert time.monotonic() - started < 20
 
 
-def test_a_read_only_user_never_becomes_leader(secure: SecureEtcd, name: str) -> None:
+def test_a_read_only_user_never_becomes_leader(secure: SecureEtcd, name: str,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="singleton")
     rec = Recorder()
     reader = Singleton(config(secure, name, "reader", "ro"), rec)
     reader.start()
     try:
-        time.sleep(3)
+        # Its campaigns are refused, again and again, rather than won on an empty key.
+        wait_for(lambda: sum("permission denied" in r.getMessage() for r in caplog.records) >= 2, 10,
+                 "the reader's campaigns to be refused twice")
         assert not reader.is_leader and not rec.runs
         writer = Singleton(config(secure, name, "app", "rw"), rec)
         writer.start()
         try:
             wait_for(lambda: writer.is_leader, 5, "the read-write user to lead")
-            time.sleep(1.5)
+            wait_for(lambda: len(rec.runs) >= 2, 5, "the writer's ticks")
             assert not reader.is_leader and all(r.replica == "rw" for r in rec.runs)
         finally:
             writer.stop()

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from singleton import Config, Singleton, TickContext
+from singleton import Config, Role, Singleton, TickContext
 from singleton.core.timings import FAST, Timings
 from singleton.dev.ledger import Tick, safety_violations
 
@@ -51,3 +51,11 @@ def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.02)
+
+
+def wait_standing_by(s: Singleton, leader_id: str, timeout_s: float) -> None:
+    """Wait until `s` has lost its campaign to `leader_id` and follows it: from then on it only watches
+    the leader key, from the revision its campaign was decided at, so it misses no vacancy however late
+    the watch stream opens (a few ms). Use before a handover that the standby must take at once."""
+    wait_for(lambda: s.role is Role.FOLLOWER and s.status().leader_id == leader_id, timeout_s,
+             f"{s.config.replica_id} to stand by behind {leader_id}")
