@@ -43,6 +43,10 @@ def watch(backend: EtcdBackend, key: str, start_revision: int, stop: threading.E
         except WatchCompacted:
             raise
         except BackendError as err:
+            if stop.is_set() or backend.closing:
+                # Our own stop (or close) cut the stream: nothing broke, so nothing to warn about.
+                log.debug("watch on %s ended by its stop: %s", key, err)
+                return
             failures += 1
             backend._rotate_from(index)
             log.warning("watch on %s broke (%s); restarting from revision %d on %s", key, err, next_revision,
