@@ -146,9 +146,14 @@ def test_etcd_down_at_start_retries_with_a_clear_message_then_wins(name: str, ca
         s.start()
         time.sleep(1.5)
         assert not s.is_leader
-        assert any("etcd not usable" in r.getMessage() and "retrying" in r.getMessage() for r in caplog.records)
+        lines = [r.getMessage() for r in caplog.records if "etcd not usable" in r.getMessage()]
+        # One short line (what, where, next try) for several failed tries, not one 350-character line per try.
+        assert len(lines) == 1 and "retrying in" in lines[0] and "Connection refused" in lines[0], lines
+        assert len(lines[0]) < 160 and cluster.endpoints_arg.split(",")[0] in lines[0], lines
+        caplog.set_level(logging.INFO, logger="singleton")
         cluster.start()
         wait_for(lambda: rec.runs, 15, "a tick once etcd is up")
+        assert any("fine again after" in r.getMessage() for r in caplog.records)
     finally:
         s.stop()
         cluster.stop()
