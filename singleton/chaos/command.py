@@ -10,7 +10,7 @@ from singleton.core.config import parse_endpoints
 from singleton.core.errors import ConfigError
 from singleton.chaos.harness import Harness
 from singleton.core.timings import DEFAULT, FAST
-from singleton.chaos.report import write_report, write_timeline
+from singleton.chaos.report import NO_PICTURE, write_report, write_timeline
 from singleton.chaos.scenarios import run_all, select
 
 
@@ -47,5 +47,6 @@ def run_chaos(*, endpoints: str, replicas: int, scenarios: str, rounds: int, out
     report = write_report(out_dir, results, timings, cluster, time.monotonic() - started)  # type: ignore[arg-type]
     timeline = write_timeline(out_dir, results)  # type: ignore[arg-type]
     held = all(v.held for v, _ in results)
-    print(f"{'every invariant held' if held else 'INVARIANTS VIOLATED'}; report: {report}; timeline: {timeline}")
+    print(f"{'every invariant held' if held else 'INVARIANTS VIOLATED'}; report: {report}; "
+          f"{f'timeline: {timeline}' if timeline else NO_PICTURE}")
     return 0 if held else 1
