@@ -133,7 +133,8 @@ def test_pod_hardening_and_rollout_safety() -> None:
 def test_containerfile_installs_without_dev_extras_as_non_root() -> None:
     text = (ROOT / "Containerfile").read_text()
     assert re.search(r"^FROM python:3\.\d+-slim", text, re.M)
-    assert re.search(r"^RUN pip install \.\s", text, re.M) and "[dev]" not in text
+    assert re.search(r'^RUN pip install "\.\$\{EXTRAS\}"\s', text, re.M) and "[dev]" not in text
+    assert re.search(r'^ARG EXTRAS=""$', text, re.M)  # the default image: no extras (no etcd, no matplotlib)
     user = re.search(r"^USER (\S+)", text, re.M)
     assert user and not user.group(1).startswith(("root", "0"))
     assert 'ENTRYPOINT ["singleton"]' in text and 'CMD ["run"]' in text
