@@ -42,7 +42,7 @@ def test_report_and_timeline_are_written(harness: Harness) -> None:
     timeline = write_timeline(harness.out_dir, RESULTS)
     text = report.read_text()
     assert "every invariant held" in text and "| sigkill-leader | 1 | 1 |" in text and "## Every run" in text
-    assert timeline.stat().st_size > 10_000 and timeline.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert timeline is not None and timeline.stat().st_size > 10_000 and timeline.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.timeout(150)

@@ -168,11 +168,17 @@ def test_etcd_down_at_start_retries_with_a_clear_message_then_wins(name: str, ca
     s = make(cluster.endpoints, name, "early", rec)
     try:
         s.start()
-        wait_for(lambda: sum("etcd not usable" in r.getMessage() and "retrying" in r.getMessage()
-                             for r in caplog.records) >= 2, 10, "two retries, each with a clear message")
+        # Several failed tries (each bumps the repeat counter), waited for rather than slept for.
+        wait_for(lambda: s._campaigner._failures._count >= 3, 15, "three failed tries")
         assert not s.is_leader and s.health() == []  # still running, waiting for etcd
+        lines = [r.getMessage() for r in caplog.records if "etcd not usable" in r.getMessage()]
+        # One short line (what, where, next try) for several failed tries, not one 350-character line per try.
+        assert len(lines) == 1 and "retrying in" in lines[0] and "Connection refused" in lines[0], lines
+        assert len(lines[0]) < 160 and cluster.endpoints_arg.split(",")[0] in lines[0], lines
+        caplog.set_level(logging.INFO, logger="singleton")
         cluster.start()
         wait_for(lambda: rec.runs, 15, "a tick once etcd is up")
+        assert any("fine again after" in r.getMessage() for r in caplog.records)
     finally:
         s.stop()
         cluster.stop()
@@ -200,3 +206,27 @@ def test_graceful_stop_keeps_the_lease_while_a_tick_longer_than_the_lease_finish
         b.stop()
     assert rec.by("b")[0].start_mono >= tick.end_mono, "b ticked while a's tick was still running"
     rec.assert_safe()
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_a_clean_stop_logs_no_warning(etcd: EtcdCluster, name: str, caplog: pytest.LogCaptureFixture,
+                                      round_: int) -> None:
+    """Found in the field: the resign watch, cut by the closing backend, warned `watch ... broke (Channel closed!)`
+    after `replica ... stopped`. A watch told to stop, or on a closing backend, ends quietly."""
+    caplog.set_level(logging.INFO, logger="singleton")
+    rec_a, rec_b = Recorder(), Recorder()
+    a, b = make(etcd.endpoints, name, "a", rec_a), make(etcd.endpoints, name, "b", rec_b)
+    try:
+        a.start()
+        wait_for(lambda: rec_a.runs, 10, "a ticks")
+        b.start()
+        wait_for(lambda: b.role is Role.FOLLOWER, 10, "b stands by")
+        a.stop()
+        wait_for(lambda: rec_b.runs, 10, "b takes over")
+    finally:
+        a.stop()
+        b.stop()
+    stopped = [r for r in caplog.records if r.getMessage().startswith("replica ") and "stopped" in r.getMessage()]
+    assert len(stopped) == 2  # both ran to the end of their stop
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not warnings, warnings

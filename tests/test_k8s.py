@@ -76,8 +76,8 @@ def test_container_command_args_and_env_are_real_run_options() -> None:
     assert {"SINGLETON_ENDPOINTS", "SINGLETON_NAME", "SINGLETON_JOB"} <= set(configmap)
     ref = container["envFrom"][0]["configMapRef"]["name"]
     assert f"ConfigMap/{ref}" in manifests
-    secret_refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
-    assert all(f"Secret/{name}" in manifests for name in secret_refs)
+    secret_refs = [e["valueFrom"]["secretKeyRef"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+    assert secret_refs and all(ref["optional"] is True for ref in secret_refs)  # created by the user, may be absent
     id_env = next(e for e in container["env"] if e["name"] == "SINGLETON_ID")
     assert id_env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
@@ -133,7 +133,8 @@ def test_pod_hardening_and_rollout_safety() -> None:
 def test_containerfile_installs_without_dev_extras_as_non_root() -> None:
     text = (ROOT / "Containerfile").read_text()
     assert re.search(r"^FROM python:3\.\d+-slim", text, re.M)
-    assert re.search(r"^RUN pip install \.\s", text, re.M) and "[dev]" not in text
+    assert re.search(r'^RUN pip install "\.\$\{EXTRAS\}"\s', text, re.M) and "[dev]" not in text
+    assert re.search(r'^ARG EXTRAS=""$', text, re.M)  # the default image: no extras (no etcd, no matplotlib)
     user = re.search(r"^USER (\S+)", text, re.M)
     assert user and not user.group(1).startswith(("root", "0"))
     assert 'ENTRYPOINT ["singleton"]' in text and 'CMD ["run"]' in text
@@ -141,3 +142,18 @@ def test_containerfile_installs_without_dev_extras_as_non_root() -> None:
     copied = re.findall(r"^COPY (.+) \S+$", text, re.M)
     for item in " ".join(copied).split():
         assert (ROOT / item).exists(), f"Containerfile copies {item}, which does not exist"
+
+
+def test_the_etcd_secret_is_created_by_the_user_never_applied() -> None:
+    """A Secret with empty values in `apply -k` would overwrite the one `kubectl create secret` made: there is
+    none in the manifests, every reference to it is optional, and the way to create it is written down."""
+    manifests = all_docs()
+    assert not [name for name in manifests if name.startswith("Secret/")]
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        assert not any("secret" in r for r in yaml.safe_load(kustomization.read_text())["resources"])
+    pod = manifests["Deployment/singleton"]["spec"]["template"]["spec"]
+    volumes = [v for v in pod["volumes"] if "secret" in v]
+    assert volumes and all(v["secret"]["optional"] is True for v in volumes)
+    names = {v["secret"]["secretName"] for v in volumes}
+    text = (K8S / "deployment.yaml").read_text() + (ROOT / "README.md").read_text()
+    assert all(f"kubectl create secret generic {name}" in text for name in names)

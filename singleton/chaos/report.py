@@ -28,6 +28,17 @@ def machine() -> str:
 
 
 MAX_PANELS = 40  # a taller picture stops being readable
+NO_PICTURE = ("no timeline picture: matplotlib is not installed (the container image has none); "
+              "`pip install 'singleton[chaos]'` adds it")
+
+
+def timeline_available() -> bool:
+    """matplotlib is an extra (`singleton[chaos]`): without it the report is written without the picture."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def write_report(out: Path, results: list[tuple[Verdict, ScenarioRun]], timings: Timings, cluster: str,
@@ -75,15 +86,20 @@ def write_report(out: Path, results: list[tuple[Verdict, ScenarioRun]], timings:
     lines += ["", "Missed seconds count every second without a tick between a run's first and last tick: crash, "
               "pause and partition takeovers wait for the lease, overrun slots are skipped by design, and etcd "
               "outages stop everyone.", "",
-              "![timeline](timeline.png)" + ("" if len(results) <= MAX_PANELS else
-                                              f"\n\nThe timeline shows the first {MAX_PANELS} of {len(results)} runs."),
+              ("![timeline](timeline.png)" if timeline_available() else f"({NO_PICTURE}.)")
+              + ("" if len(results) <= MAX_PANELS else
+                 f"\n\nThe timeline shows the first {MAX_PANELS} of {len(results)} runs."),
               ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
 
 
-def write_timeline(out: Path, results: list[tuple[Verdict, ScenarioRun]], max_panels: int = MAX_PANELS) -> Path:
+def write_timeline(out: Path, results: list[tuple[Verdict, ScenarioRun]],
+                   max_panels: int = MAX_PANELS) -> Path | None:
+    """timeline.png, or None without matplotlib."""
+    if not timeline_available():
+        return None
     import matplotlib
 
     matplotlib.use("Agg")

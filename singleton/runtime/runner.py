@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from singleton.backends.abc import Backend
@@ -19,6 +20,7 @@ from singleton.runtime.jobs import JobFn, JobRunner, TickContext, outcome
 from singleton.runtime.runs import RunChain
 from singleton.runtime.leadership import Leadership
 from singleton.runtime.listeners import Listeners
+from singleton.runtime.signals import LoopSignals
 from singleton.core.lease import StepDownReason
 from singleton.runtime.status import StatusMixin
 from singleton.runtime.telemetry import Stats, register_gauges
@@ -27,6 +29,16 @@ log = logging.getLogger("singleton")
 
 ElectedFn = Callable[[int], Any]
 SteppedDownFn = Callable[[StepDownReason], Any]
+
+
+@dataclass
+class _AsyncWith:
+    """What `async with app:` needs between __aenter__ and __aexit__."""
+
+    body: asyncio.Task[Any] | None
+    signals: LoopSignals | None = None
+    cancelled_body: bool = False
+    exiting: bool = False
 
 
 class Singleton(StatusMixin):
@@ -165,29 +177,64 @@ class Singleton(StatusMixin):
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    async def run_async(self) -> None:
+    async def run_async(self, *, handle_signals: bool = True) -> None:
         """Run until stopped, from asyncio. Async jobs and callbacks run on this event loop (so they can use
-        clients and locks made on it). Cancelling the task stops the replica gracefully, then re-raises."""
-        self._use_loop(asyncio.get_running_loop())
+        clients and locks made on it). Cancelling the task stops the replica gracefully, then re-raises.
+        With `handle_signals` (in the main thread, for signals no one else handles) the first SIGTERM/SIGINT
+        stops it gracefully and this returns; the previous handlers are back when it does."""
+        loop = asyncio.get_running_loop()
+        self._use_loop(loop)
+        signals = LoopSignals(loop, lambda _signum: self._ask_to_stop()).install() if handle_signals else None
         task = asyncio.ensure_future(asyncio.to_thread(self.run, handle_signals=False))
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
-            self._stop.set()
-            self._wake.set()
+            self._ask_to_stop()
             await task  # bounded: the stop finishes or cancels the tick, hands over, revokes
             raise
+        finally:
+            if signals is not None:
+                signals.restore()
 
     def _use_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = self._listeners.loop = loop
 
+    def _ask_to_stop(self) -> None:
+        """stop() without waiting: safe on the event loop."""
+        self._stop.set()
+        self._wake.set()
+
     async def __aenter__(self) -> Singleton:
-        self._use_loop(asyncio.get_running_loop())
+        """Start in the background. In the main thread, a first SIGTERM/SIGINT that no one else handles (uvicorn
+        and the like install their own and end the lifespan) stops the replica and cancels the body of the
+        `async with`; that cancel ends at __aexit__, so the code after the block goes on."""
+        loop = asyncio.get_running_loop()
+        self._use_loop(loop)
         self.start()
+        body = asyncio.current_task()
+        state = self._aio = _AsyncWith(body)
+
+        def on_signal(_signum: signal.Signals) -> None:
+            self._ask_to_stop()
+            if body is not None and not state.exiting:
+                state.cancelled_body = True
+                body.cancel()
+
+        state.signals = LoopSignals(loop, on_signal).install()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await asyncio.to_thread(self.stop)
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> bool:
+        state = self._aio
+        state.exiting = True
+        try:
+            await asyncio.to_thread(self.stop)
+        finally:
+            if state.signals is not None:
+                state.signals.restore()  # after the stop: a SIGTERM during the handover must not kill us
+        if state.cancelled_body and state.body is not None:
+            # Our own cancel (the signal's) is spent here; anyone else's still propagates.
+            return state.body.uncancel() == 0 and exc_type is asyncio.CancelledError
+        return False
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         def handler(signum: int, _frame: object) -> None:

@@ -128,6 +128,8 @@ class StatusMixin(GaugeSource):
             problems.append(f"role is {role.value}")
         window = max(5.0, 2 * self.config.keepalive_interval_s + self.config.call_timeout_s)
         silent = self.clock.monotonic() - self.backend.last_ok_at  # backends stamp it on the same clock
-        if silent > window:
+        if self.backend.last_ok_at == float("-inf"):
+            problems.append("no answer from etcd yet")
+        elif silent > window:
             problems.append(f"no answer from etcd for {silent:.1f} s")
         return problems

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from singleton.core.lease import StepDownReason
+
 meter = metrics.get_meter("singleton")
 tracer = trace.get_tracer("singleton")
 
@@ -31,6 +33,8 @@ _missed_slots = meter.create_counter("singleton.missed_slots", description="Slot
                                      "one catch-up run), beyond_window, overrun, late, unclaimed (etcd did not answer)")
 _takeover_time = meter.create_histogram("singleton.takeover_time", unit="s",
                                         description="How long the leader key was vacant before this replica won")
+
+TICK_OUTCOMES = ("run", "ok", "failed", "skipped", "late", "timed_out")
 
 # Live gauges read each replica's state through a callback; replicas register themselves here.
 _gauge_sources: weakref.WeakSet[GaugeSource] = weakref.WeakSet()
@@ -75,6 +79,16 @@ class Stats:
     missed_slots: Counter[str] = field(default_factory=Counter)
     clock_skew_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        # The counters people alert on exist at 0 from the start: a series that first appears at 1 hides that
+        # first increase from rate()/increase().
+        _elections_won.add(0, self._attrs())
+        _renewals_failed.add(0, self._attrs())
+        for reason in StepDownReason:
+            _step_downs.add(0, self._attrs(reason=reason.value))
+        for outcome in TICK_OUTCOMES:
+            _ticks.add(0, self._attrs(outcome=outcome))
 
     def _attrs(self, **extra: str) -> dict[str, str]:
         return {"replica_id": self.replica_id, **extra}
@@ -125,6 +139,6 @@ class Stats:
         with self._lock:
             out = {"elections_won": self.elections_won, "renewals_failed": self.renewals_failed,
                    "step_downs": sum(self.step_downs.values())}
-            for outcome in ("run", "ok", "failed", "skipped", "late", "timed_out"):
+            for outcome in TICK_OUTCOMES:
                 out[f"ticks_{outcome}"] = self.ticks[outcome]
             return out

@@ -58,6 +58,7 @@ class EtcdBackend(Backend):
         self._channels: dict[int, grpc.Channel] = {}
         self._watch_check_interval_s = watch_check_interval_s
         self._watch_check_timeout_s = watch_check_timeout_s
+        self.closing = False  # set by close(): a watch cut by it is not a failure
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> EtcdBackend:
@@ -274,6 +275,7 @@ class EtcdBackend(Backend):
         return watch(self, key, start_revision, stop)
 
     def close(self) -> None:
+        self.closing = True  # watches cut by this end quietly
         with self._lock:
             channels, self._channels = list(self._channels.values()), {}
         for channel in channels:

@@ -16,6 +16,7 @@ from etcd3.etcdrpc import rpc_pb2_grpc as pb_grpc
 
 from singleton.backends.abc import KeyValue, WatchEvent
 from singleton.backends.etcd.errors import PERMISSION_DENIED, translate
+from singleton.core.repeats import RepeatedFailures
 from singleton.core.errors import AuthError, BackendError, BackendTimeout, BackendUnavailable, WatchCompacted
 
 if TYPE_CHECKING:
@@ -32,21 +33,32 @@ def kv_of(kv: Any) -> KeyValue:
 def watch(backend: EtcdBackend, key: str, start_revision: int, stop: threading.Event) -> Iterator[WatchEvent]:
     next_revision = start_revision
     failures = 0
+    # etcd down for minutes breaks the stream every couple of seconds: the first break in full, then a summary.
+    repeats = RepeatedFailures(log, f"watch on {key} broke")
     while not stop.is_set():
         with backend._lock:
             index = backend._current
+        stream = _WatchStream(backend, index, key, next_revision, stop)
         try:
-            for event in _WatchStream(backend, index, key, next_revision, stop):
+            for event in stream:
                 failures = 0
                 next_revision = event.revision + 1
                 yield event
         except WatchCompacted:
             raise
         except BackendError as err:
+            if stop.is_set() or backend.closing:
+                # Our own stop (or close) cut the stream: nothing broke, so nothing to warn about.
+                log.debug("watch on %s ended by its stop: %s", key, err)
+                return
+            if stream.heard:  # it worked for a while: a new run of failures
+                failures = 0
+                repeats.recovered()
             failures += 1
             backend._rotate_from(index)
-            log.warning("watch on %s broke (%s); restarting from revision %d on %s", key, err, next_revision,
-                        backend._endpoints[(index + 1) % len(backend._endpoints)])
+            repeats.failed(err)
+            log.debug("watch on %s restarts from revision %d on %s", key, next_revision,
+                      backend._endpoints[(index + 1) % len(backend._endpoints)])
             # Straight to the next member; back off only once every member has failed in a row.
             if failures >= len(backend._endpoints):
                 stop.wait(min(0.2 * failures, 2.0))
@@ -65,6 +77,7 @@ class _WatchStream:
         self._requests.put(pb.WatchRequest(create_request=pb.WatchCreateRequest(
             key=key.encode(), start_revision=start_revision)))
         self._responses: queue.Queue[Any] = queue.Queue()
+        self.heard = False  # the member answered at least once on this stream
 
     def _request_iter(self) -> Iterator[Any]:
         while True:
@@ -114,7 +127,7 @@ class _WatchStream:
                 if isinstance(item, BackendError):
                     raise item
                 last_heard, asked_at = time.monotonic(), None
-                backend.last_ok_at = last_heard
+                backend.last_ok_at, self.heard = last_heard, True
                 if item.compact_revision:
                     raise WatchCompacted(f"{self._where}: compacted at revision {item.compact_revision}")
                 if item.canceled:
