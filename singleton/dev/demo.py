@@ -19,6 +19,8 @@ from singleton.dev.ledger import duplicate_slots, missed_slots, overlaps, read_l
 from singleton.dev.replicas import ReplicaSet
 from singleton.core.timings import DEMO
 
+FIRST_TICK_WITHIN_S = 60.0
+
 
 def _say(text: str) -> None:
     print(text, flush=True)
@@ -62,6 +64,10 @@ def run_demo(replicas: int = 3, phase_s: float = 8.0) -> int:
         for name in names:
             rs.start(name)
         view.start()
+        # Phases count from the first tick: on a busy machine the replicas take seconds just to start.
+        if rs.first_tick_after(0.0, FIRST_TICK_WITHIN_S) is None:
+            _say(f"no replica ticked within {FIRST_TICK_WITHIN_S:g} s; see the replica logs")
+            return result
         time.sleep(phase_s)
         result = _failovers(rs, phase_s)
         view.done.set()

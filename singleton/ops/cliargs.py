@@ -177,8 +177,10 @@ def check_environment(parser: argparse.ArgumentParser, environ: Mapping[str, str
     if unknown:
         parts = []
         for name in unknown:
-            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
-            parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
+            # Compared without the shared prefix, which would make every name look close.
+            close = difflib.get_close_matches(name[len(ENV_PREFIX):], [k[len(ENV_PREFIX):] for k in sorted(known)],
+                                              n=1, cutoff=0.75)
+            parts.append(f"{name} (did you mean {ENV_PREFIX}{close[0]}?)" if close else name)
         verb = "matches no option" if len(unknown) == 1 else "match no option"
         raise UsageError(f"environment variable {', '.join(parts)} {verb}: fix or unset it")
 
