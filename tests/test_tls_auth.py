@@ -152,5 +152,7 @@ def test_a_read_only_user_never_becomes_leader(secure: SecureEtcd, name: str,
 
 def test_cli_password_never_comes_from_a_flag() -> None:
     result = subprocess.run([sys.executable, "-m", "singleton", "run", "--endpoints", "https://127.0.0.1:1",
-                             "--name", "n", "--job", "os:getcwd", "--password", "x"], capture_output=True, text=True)
-    assert result.returncode == 2 and "unrecognized arguments: --password" in result.stderr
+                             "--name", "n", "--job", "os:getcwd", "--password", "hunter2"], capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and "--password-file FILE" in result.stderr  # says what to use instead
+    assert "hunter2" not in result.stderr + result.stdout and len(result.stderr.splitlines()) == 1

@@ -5,7 +5,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -147,28 +147,51 @@ class Config:
             raise ConfigError("replica id must be a non-empty single line")
         if not self.prefix.startswith("/") or self.prefix.endswith("/"):
             raise ConfigError(f"bad prefix {self.prefix!r}: must start with '/' and not end with it")
+        timings = {"lease_ttl_s": ttl, "keepalive_interval_s": every, "min_remaining_ttl_s": margin}
         if ttl < 2 or ttl != int(ttl):
-            raise ConfigError(f"lease TTL must be a whole number of seconds >= 2 (got {ttl:g})")
+            raise SettingError("{lease_ttl_s} must be a whole number of seconds >= 2", timings)
         if not 0 < margin < ttl:
-            raise ConfigError(f"min remaining TTL must be > 0 and below the lease TTL {ttl:g} s (got {margin:g})")
+            raise SettingError("{min_remaining_ttl_s} must be > 0 and below {lease_ttl_s}", timings,
+                               suggested_timings(ttl))
         if not 0 < every < ttl - margin:
-            raise ConfigError(
-                f"keepalive interval must be > 0 and below lease TTL - min remaining TTL "
-                f"= {ttl - margin:g} s (got {every:g})"
-            )
+            raise SettingError(f"{{keepalive_interval_s}} must be > 0 and below {{lease_ttl_s}} minus "
+                               f"{{min_remaining_ttl_s}} = {ttl - margin:g} s", timings, suggested_timings(ttl))
         if not 0 < self.renewal_deadline_s <= every:
-            raise ConfigError(f"renewal timeout must be > 0 and at most the keepalive interval (got {self.renewal_deadline_s:g})")
+            raise SettingError("{renewal_timeout_s} must be > 0 and at most {keepalive_interval_s}",
+                               {"renewal_timeout_s": self.renewal_deadline_s, "keepalive_interval_s": every},
+                               {"renewal_timeout_s": default_renewal_timeout_s(every)} if every > 0 else None)
         if self.max_failed_renewals < 1:
-            raise ConfigError(f"max failed renewals must be >= 1 (got {self.max_failed_renewals})")
+            raise SettingError("{max_failed_renewals} must be >= 1", {"max_failed_renewals": self.max_failed_renewals})
         if self.catch_up not in ("skip", "coalesce"):
             raise ConfigError(f"catch-up policy must be skip or coalesce (got {self.catch_up!r})")
         if not 1 <= self.history_size <= 10_000:
-            raise ConfigError(f"history size must be from 1 to 10000 runs (got {self.history_size})")
+            raise SettingError("{history_size} must be from 1 to 10000 runs", {"history_size": self.history_size})
         if self.job_timeout_s is not None and self.job_timeout_s <= 0:
-            raise ConfigError(f"job timeout must be > 0 seconds, or unset for none (got {self.job_timeout_s:g})")
-        for label, value in (("call timeout", self.call_timeout_s), ("stop timeout", self.stop_timeout_s),
-                             ("campaign backoff", self.campaign_backoff_max_s),
-                             ("job cancel grace", self.job_cancel_grace_s),
-                             ("catch-up window", self.catch_up_window_s)):
+            raise SettingError("{job_timeout_s} must be > 0 seconds, or unset for none",
+                               {"job_timeout_s": self.job_timeout_s})
+        for label in ("call_timeout_s", "stop_timeout_s", "campaign_backoff_max_s", "job_cancel_grace_s",
+                      "catch_up_window_s"):
+            value = getattr(self, label)
             if value <= 0:
-                raise ConfigError(f"{label} must be > 0 (got {value:g})")
+                raise SettingError(f"{{{label}}} must be > 0", {label: value})
+
+
+class SettingError(ConfigError):
+    """A setting, or a rule between settings, broken. `template` names each setting as `{field}`, so that
+    str() can speak of Config fields and the CLI of its flags (`render`); `example` is a combination that
+    passes."""
+
+    def __init__(self, template: str, values: dict[str, float], example: dict[str, float] | None = None) -> None:
+        self.template, self.values, self.example = template, values, example
+        super().__init__(self.render(lambda field, value: f"{field}={value:g}",
+                                     lambda fields: ", ".join(f"{f}={v:g}" for f, v in fields.items())))
+
+    def render(self, setting: Callable[[str, float], str], example: Callable[[dict[str, float]], str]) -> str:
+        text = self.template.format(**{field: setting(field, value) for field, value in self.values.items()})
+        return f"{text} (e.g. {example(self.example)})" if self.example else text
+
+
+def suggested_timings(lease_ttl_s: float) -> dict[str, float]:
+    """A keepalive interval and margin that pass with this TTL (a third and a fifth of it: 3 -> 1, 0.6)."""
+    return {"lease_ttl_s": lease_ttl_s, "keepalive_interval_s": round(lease_ttl_s / 3, 1),
+            "min_remaining_ttl_s": round(lease_ttl_s / 5, 1)}

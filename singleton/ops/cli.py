@@ -1,4 +1,5 @@
-"""The `singleton` command: run, status, demo. Every option can also come from SINGLETON_<OPTION>."""
+"""The `singleton` command: run, status, resign, chaos, demo, dev-etcd. Every option of run, status and resign can
+also come from SINGLETON_<OPTION> (ops/cliargs.py)."""
 from __future__ import annotations
 
 import argparse
@@ -8,132 +9,30 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from singleton.core.config import Config
-from singleton.core.timings import DEFAULT, FAST
+from singleton.core.config import Config, SettingError
 from singleton.core.errors import AuthError, ConfigError, SingletonError
+from singleton.ops.cliargs import (ENV_PREFIX, UsageError, build_parser, check_environment, check_password_flag,
+                                   check_required, describe_setting_error, env_name, given_flags)
 from singleton.runtime.jobs import JobFn
 from singleton.ops.logs import setup_logging
+
+__all__ = ["ENV_PREFIX", "build_parser", "env_name", "load_job", "main"]  # the parser lives in cliargs.py
 
 if TYPE_CHECKING:
     from singleton.ops.http import HttpServer
     from singleton.runtime.runner import Singleton
 
-ENV_PREFIX = "SINGLETON_"
-
-
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["allow_abbrev"] = False
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str) -> NoReturn:  # one clear line, exit 2, no usage dump
-        self.exit(2, f"singleton: error: {message}\n")
-
-
-def env_name(flag: str) -> str:
-    return ENV_PREFIX + flag.lstrip("-").upper().replace("-", "_")
-
-
-def _option(parser: argparse.ArgumentParser, flag: str, *, type: Callable[[str], Any] = str,
-            default: Any = None, required: bool = False, help: str = "") -> None:
-    """An option whose default comes from its environment variable, if set."""
-    env = env_name(flag)
-    if env in os.environ:
-        try:
-            default = type(os.environ[env])
-        except ValueError:
-            parser.error(f"{env}={os.environ[env]!r} is not a valid {type.__name__}")
-        required = False
-    parser.add_argument(flag, type=type, default=default, required=required, help=f"{help} [env {env}]")
-
-
-def _add_connection(parser: argparse.ArgumentParser) -> None:
-    _option(parser, "--endpoints", required=True, help="etcd endpoints, comma-separated http://HOST:PORT")
-    _option(parser, "--name", required=True, help="the job's name: replicas with the same name share one leader")
-    _option(parser, "--prefix", default="/singleton", help="key prefix")
-    _option(parser, "--cacert", default="", help="CA bundle (PEM) that signed the etcd server certificates")
-    _option(parser, "--cert", default="", help="client certificate (PEM), for etcd --client-cert-auth")
-    _option(parser, "--key", default="", help="the client certificate's private key (PEM)")
-    _option(parser, "--user", default="", help="etcd user (password from --password-file or SINGLETON_PASSWORD)")
-    _option(parser, "--password-file", default="", help="file holding the etcd user's password")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    # No abbreviations: `--password x` must not be taken as `--password-file x`.
-    parser = _Parser(prog="singleton", description="Run one job once per second on exactly one replica.",
-                     allow_abbrev=False)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    run = sub.add_parser("run", help="run one replica")
-    _add_connection(run)
-    _option(run, "--job", required=True, help="package.module:callable taking the tick context")
-    _option(run, "--id", help="replica id (default: host-pid-random)")
-    _option(run, "--lease-ttl", type=float, default=DEFAULT.lease_ttl_s, help="lease TTL, whole seconds")
-    _option(run, "--keepalive-interval", type=float, default=DEFAULT.keepalive_interval_s,
-            help="seconds between renewals")
-    _option(run, "--renewal-timeout", type=float,
-            help="deadline of one renewal (default: 1 s, or half the keepalive interval if shorter)")
-    _option(run, "--min-remaining-ttl", type=float, default=DEFAULT.min_remaining_ttl_s,
-            help="step down below this much lease left")
-    _option(run, "--max-failed-renewals", type=int, default=DEFAULT.max_failed_renewals,
-            help="step down after this many failures in a row")
-    _option(run, "--stop-timeout", type=float, default=5.0, help="how long a graceful stop waits for the tick")
-    _option(run, "--job-timeout", type=float, help="cancel a run longer than this many seconds (default: none)")
-    _option(run, "--run-record", default="on", help="on: claim every run in etcd before it starts (no slot twice "
-            "whatever the clocks say); off: slots rest on the leader's clock alone")
-    _option(run, "--catch-up", default="skip", help="after a crash takeover: skip (count the missed slots) or "
-            "coalesce (one run at once for them)")
-    _option(run, "--catch-up-window", type=float, default=60.0, help="coalesce only the missed slots this recent")
-    _option(run, "--history-size", type=int, default=100, help="runs kept in etcd for `singleton history`")
-    _option(run, "--job-cancel-grace", type=float, default=2.0, help="a run still going this long after its cancel "
-            "is hung: step down without releasing the lease, fail /healthz until it ends")
-    _option(run, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
-    _option(run, "--log-format", default="text", help="text, or json (one object per line)")
-    _option(run, "--http-host", default="0.0.0.0", help="address of the /metrics, /healthz, /readyz server")
-    _option(run, "--http-port", type=int, default=9464, help="its port; 0 turns it off")
-    _option(run, "--admin-address", default="", help="[HOST:]PORT of the Admin gRPC API (off when empty; "
-            "a bare port binds 127.0.0.1)")
-    _option(run, "--admin-token-file", default="", help="file holding the bearer token the Admin API requires "
-            "(required beyond loopback)")
-
-    status = sub.add_parser("status", help="who leads now")
-    _add_connection(status)
-    status.add_argument("--json", action="store_true", help="machine-readable output (JSON lines with --watch)")
-    status.add_argument("--watch", action="store_true", help="follow leader changes live (an etcd watch)")
-    status.add_argument("--max-events", type=int, default=0, help="with --watch: stop after this many changes")
-
-    resign = sub.add_parser("resign", help="ask the current leader to step down gracefully")
-    _add_connection(resign)
-    resign.add_argument("--json", action="store_true", help="machine-readable output")
-    resign.add_argument("--timeout", type=float, default=15.0, help="how long to wait for the handover")
-
-    history = sub.add_parser("history", help="the last runs of the job, from the run record in etcd")
-    _add_connection(history)
-    history.add_argument("--json", action="store_true", help="machine-readable output")
-    history.add_argument("--limit", type=int, default=20, help="how many runs, newest first")
-
-    chaos = sub.add_parser("chaos", help="failover chaos scenarios with a report and a timeline picture")
-    chaos.add_argument("--endpoints", default="", help="your etcd (keys go under /singleton-chaos/); "
-                       "default: an embedded etcd")
-    chaos.add_argument("--members", type=int, default=3, help="members of the embedded etcd (1 or 3)")
-    chaos.add_argument("--replicas", type=int, default=3)
-    chaos.add_argument("--scenarios", default="all", help="all, or names separated by commas")
-    chaos.add_argument("--rounds", type=int, default=1)
-    chaos.add_argument("--out", default="chaos-out", help="where report.md and timeline.png go")
-    chaos.add_argument("--fast", action="store_true", help=f"timings {FAST} instead of the defaults ({DEFAULT})")
-    chaos.add_argument("--broken-replicas", action="store_true", help=argparse.SUPPRESS)  # proves checks can fail
-
-    demo = sub.add_parser("demo", help="3 replicas on an embedded local etcd, with a live failover")
-    demo.add_argument("--replicas", type=int, default=3)
-    demo.add_argument("--seconds", type=float, default=8.0, help="how long each phase runs")
-    return parser
-
-
 def load_job(path: str) -> JobFn:
     """`package.module:callable` (the current directory is importable, as with `python -m`)."""
     module_name, sep, attr = path.partition(":")
+    if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
+        file = Path(module_name)
+        where = "its directory" if str(file.parent) in ("", ".") else f"{file.parent}{os.sep}, its directory"
+        raise ConfigError(f"bad job {path!r}: a module path, not a file: use {file.stem.removesuffix('.py')}:"
+                          f"{attr or 'FUNCTION'} (run from {where})")
     if not sep or not module_name or not attr:
         raise ConfigError(f"bad job {path!r}: expected package.module:callable")
     if os.getcwd() not in sys.path:
@@ -207,18 +106,36 @@ def _on_off(flag: str, value: str) -> bool:
     return value == "on"
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def cmd_history(args: argparse.Namespace) -> int:
+    from singleton.backends.etcd import EtcdBackend
+    from singleton.ops.history import show_history
+
+    if args.limit < 1:
+        raise ConfigError(f"--limit must be at least 1 (got {args.limit})")
+    config = _config(args)
+    backend = EtcdBackend.from_config(config)
+    try:
+        return show_history(backend, config, as_json=args.json, limit=args.limit)
+    finally:
+        backend.close()
+
+
+def cmd_run(args: argparse.Namespace, given: set[str]) -> int:
+    """`given`: the options set on the command line or by their variable (the others are defaults)."""
     extra: dict[str, Any] = {}
     if args.id:
         extra["replica_id"] = args.id
     if args.renewal_timeout is not None:
         extra["renewal_timeout_s"] = args.renewal_timeout
-    config = _config(args, lease_ttl_s=args.lease_ttl, keepalive_interval_s=args.keepalive_interval,
-                     min_remaining_ttl_s=args.min_remaining_ttl, max_failed_renewals=args.max_failed_renewals,
-                     stop_timeout_s=args.stop_timeout, job_timeout_s=args.job_timeout,
-                     job_cancel_grace_s=args.job_cancel_grace, run_record=_on_off("--run-record", args.run_record),
-                     catch_up=args.catch_up, catch_up_window_s=args.catch_up_window,
-                     history_size=args.history_size, **extra)
+    try:
+        config = _config(args, lease_ttl_s=args.lease_ttl, keepalive_interval_s=args.keepalive_interval,
+                         min_remaining_ttl_s=args.min_remaining_ttl, max_failed_renewals=args.max_failed_renewals,
+                         stop_timeout_s=args.stop_timeout, job_timeout_s=args.job_timeout,
+                         job_cancel_grace_s=args.job_cancel_grace,
+                         run_record=_on_off("--run-record", args.run_record), catch_up=args.catch_up,
+                         catch_up_window_s=args.catch_up_window, history_size=args.history_size, **extra)
+    except SettingError as err:
+        raise ConfigError(describe_setting_error(err, given)) from None
     job = load_job(args.job)  # all checked before anything touches etcd
     setup_logging(args.log_level, args.log_format, config.replica_id)
     token = _read_token(args.admin_token_file)
@@ -257,15 +174,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         from singleton.ops.commands import watch_leader
 
         return watch_leader(_config(args), as_json=args.json, max_events=args.max_events)
-    from singleton.ops.commands import leader_status
+    from singleton.ops.commands import describe_vacancy, leader_status
 
-    status = leader_status(_config(args))
+    config = _config(args)
+    status = leader_status(config)
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
     leader = status["leader"]
     if leader is None:
-        print(f"{args.name}: no leader (key {status['key']} is vacant)")
+        print(describe_vacancy(config, status))
     else:
         print(f"{args.name}: leader {leader['replica_id']} (host {leader['host']}, pid {leader['pid']}), "
               f"token {leader['fencing_token']}, leading for {leader['leading_for_s']:.1f} s, "
@@ -276,11 +194,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     # gRPC's C core would print its own lines (TLS handshake failures) to stderr; we report errors ourselves.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        check_password_flag(argv)
+        check_environment(parser, os.environ)
+    except UsageError as err:
+        print(f"singleton: error: {err}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `singleton`: what there is to run (a usage error: exit 2)
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        check_required(parser, args)
         if args.command == "run":
-            return cmd_run(args)
+            return cmd_run(args, given_flags(parser, "run", argv))
         if args.command == "status":
             return cmd_status(args)
         if args.command == "resign":
@@ -288,25 +217,23 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return resign_leader(_config(args), as_json=args.json, timeout_s=args.timeout)
         if args.command == "history":
-            from singleton.backends.etcd import EtcdBackend
-            from singleton.ops.history import show_history
-
-            if args.limit < 1:
-                raise ConfigError(f"--limit must be at least 1 (got {args.limit})")
-            backend = EtcdBackend.from_config(_config(args))
-            try:
-                return show_history(backend, _config(args), as_json=args.json, limit=args.limit)
-            finally:
-                backend.close()
+            return cmd_history(args)
         if args.command == "chaos":
             from singleton.chaos.command import run_chaos
 
             return run_chaos(endpoints=args.endpoints, replicas=args.replicas, scenarios=args.scenarios,
                              rounds=args.rounds, out=args.out, fast=args.fast, members=args.members,
                              broken=args.broken_replicas)
+        if args.command == "dev-etcd":
+            from singleton.dev.devetcd import run_dev_etcd
+
+            return run_dev_etcd(port=args.port, members=args.members)
         from singleton.dev.demo import run_demo
 
         return run_demo(replicas=args.replicas, phase_s=args.seconds)
+    except UsageError as err:
+        print(f"singleton: error: {err}", file=sys.stderr)
+        return 2
     except ConfigError as err:
         print(f"singleton: error: {err}", file=sys.stderr)
         return 2

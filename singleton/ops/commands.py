@@ -1,6 +1,7 @@
 """`singleton status --watch` and `singleton resign`: operator commands that talk to etcd only."""
 from __future__ import annotations
 
+import difflib
 import json
 import signal
 import sys
@@ -10,7 +11,7 @@ from typing import Any
 
 from singleton.backends.abc import KeyValue
 from singleton.core.config import Config
-from singleton.core.errors import SingletonError
+from singleton.core.errors import AuthError, SingletonError
 from singleton.backends.etcd import EtcdBackend
 from singleton.core.records import decode_leader
 
@@ -26,17 +27,57 @@ def describe_leader(kv: KeyValue) -> dict[str, Any]:
             "lease_id": f"{kv.lease_id:x}"}
 
 
+def names_under(backend: EtcdBackend, prefix: str, timeout_s: float, limit: int = 10000) -> set[str] | None:
+    """The job names with any key under `prefix`/ (a vacant leader key leaves a resign or handover record
+    behind), or None when etcd does not let us read the prefix (a user allowed only its own keys)."""
+    from etcd3.etcdrpc import rpc_pb2 as pb
+    from etcd3.etcdrpc import rpc_pb2_grpc as pb_grpc
+
+    start = f"{prefix}/".encode()
+    request = pb.RangeRequest(key=start, range_end=start[:-1] + b"0", keys_only=True, limit=limit)  # '/'+1
+    try:
+        # The backend has no public prefix read (nothing else needs one); _unary gives this read the same
+        # deadline, endpoint failover, auth and error translation as every other call.
+        resp = backend._unary(f"list {prefix}/", pb_grpc.KVStub, "Range", request, timeout_s)
+    except AuthError:
+        return None
+    return {kv.key.decode(errors="replace")[len(start):].split("/", 1)[0] for kv in resp.kvs}
+
+
 def leader_status(config: Config, timeout_s: float = 3.0) -> dict[str, Any]:
-    """`singleton status`: the leader key, its holder and what is left of the holder's lease at etcd."""
+    """`singleton status`: the leader key, its holder and what is left of the holder's lease at etcd. With no
+    leader, whether the name has left any record under the prefix (`known_name`: None if we may not look)."""
     backend = EtcdBackend.from_config(config)
     try:
         kv, revision = backend.get(config.leader_key, timeout_s)
-        leader = None
+        status: dict[str, Any] = {"name": config.name, "key": config.leader_key, "revision": revision,
+                                  "leader": None}
         if kv is not None:
-            leader = {**describe_leader(kv), "lease_remaining_s": backend.lease_remaining_s(kv.lease_id, timeout_s)}
-        return {"name": config.name, "key": config.leader_key, "revision": revision, "leader": leader}
+            status["leader"] = {**describe_leader(kv),
+                                "lease_remaining_s": backend.lease_remaining_s(kv.lease_id, timeout_s)}
+            return status
+        names = names_under(backend, config.prefix, timeout_s)
+        status["known_name"] = None if names is None else config.name in names
+        status["names_under_prefix"] = None if names is None else sorted(names)
+        return status
     finally:
         backend.close()
+
+
+def describe_vacancy(config: Config, status: dict[str, Any]) -> str:
+    """`singleton status` with no leader: a job between leaders (or stopped) vs a name nothing ever used."""
+    where = f"{config.prefix}/{config.name}/"
+    if status.get("known_name") is None:
+        return f"{config.name}: no leader (key {status['key']} is vacant)"
+    if status["known_name"]:
+        return (f"{config.name}: no leader right now (key {status['key']} is vacant), but records of earlier "
+                f"handovers or resigns exist under {where}: its replicas are stopped or between leaders")
+    others = status["names_under_prefix"]
+    close = difflib.get_close_matches(config.name, others, n=1)
+    hint = (f"; did you mean {close[0]}?" if close else
+            f"; names in use under {config.prefix}/: {', '.join(others[:10])}" if others else "")
+    return (f"{config.name}: no replica has registered this name: nothing under {where} (no leader now, and "
+            f"none ever handed over); check --name and --prefix{hint}")
 
 
 def _change(kv: KeyValue | None) -> dict[str, Any]:
