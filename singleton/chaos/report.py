@@ -45,7 +45,8 @@ def write_report(out: Path, results: list[tuple[Verdict, ScenarioRun]], timings:
         f"- Timings: lease {timings.lease_ttl_s:g} s, renew every {timings.keepalive_interval_s:g} s, "
         f"step down below {timings.min_remaining_ttl_s:g} s; etcd: {cluster}",
         f"- Takeovers, p50 / p99 / max: graceful {_figures(by_kind('graceful'))} s; crash {_figures(by_kind('crash'))} s; "
-        f"pause {_figures(by_kind('pause'))} s; partition {_figures(by_kind('partition'))} s",
+        f"pause {_figures(by_kind('pause'))} s; partition {_figures(by_kind('partition'))} s; "
+        f"hung job (from its step-down) {_figures(by_kind('hung'))} s",
         f"- Machine: {machine()}", "",
         "Invariants: no two ticks overlap; no slot runs twice; tokens grow with every new leader; a write guarded "
         "by a stale token is refused; graceful takeover on the next second; crash and pause takeover within "

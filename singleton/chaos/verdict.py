@@ -147,8 +147,9 @@ def _check_terms(run: ScenarioRun, ticks: list[Tick], timings: Timings, verdict:
               and not any(a <= put <= b for a, b in troubled)]
     verdict.terms, verdict.silent_terms = len(spans), len(silent)
     if silent:
-        verdict.violations.append(f"leadership flapped: {len(silent)} of {len(spans)} terms never ticked, though "
-                                  f"they stood {', '.join(f'{d:.1f}' for _, d in silent[:5])} s")
+        verdict.violations.append(f"silent terms (flapping, or a leader idle on its lease): {len(silent)} of "
+                                  f"{len(spans)} terms never ticked, though they stood "
+                                  f"{', '.join(f'{d:.1f}' for _, d in silent[:5])} s")
 
 
 def _check_hung(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: Verdict, run: ScenarioRun) -> None:
