@@ -119,7 +119,7 @@ def _panel(ax: Any, verdict: Verdict, run: ScenarioRun) -> None:
     tokens = sorted({t.token for t in run.ticks})
     cmap = __import__("matplotlib").colormaps["tab10"]
     for t in run.ticks:
-        end = t.end_mono or t.start_mono + 0.05
+        end = t.end_mono or (run.kills.get(t.replica) if t.hung else None) or t.start_mono + 0.05  # hung: until killed
         ax.broken_barh([(t.start_mono - run.started_mono, max(end - t.start_mono, 0.08))], (row[t.replica] - 0.35, 0.7),
                        color=cmap(tokens.index(t.token) % 10))
     for at, deleted, _token in run.key_events:  # lease changes, as etcd saw them
