@@ -183,11 +183,22 @@ def _check_hung(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: Ve
     took = new.start_mono - stepped_down
     verdict.takeovers_s.append(took)
     verdict.takeovers_by_kind.setdefault(ev.kind, []).append(took)
-    if took > timings.lease_ttl_s + 1 + SLACK_S:
-        verdict.violations.append(f"{ev.name}: takeover {took:.2f} s after the step-down > lease "
-                                  f"{timings.lease_ttl_s:g} s + 1 s")
+    # etcd's account at the first 503: a replica that revoked or deleted at its step-down no longer holds the key.
+    before = [(deleted, token) for at, deleted, token in run.key_events if first_503 is not None and at <= first_503]
+    if first_503 is not None and (not before or before[-1][0] or run.holders.get(before[-1][1]) != hung.replica):
+        verdict.violations.append(f"{ev.name}: the hung replica no longer held its key when it first answered 503: "
+                                  f"it gave up its lease at the step-down, so a standby may start beside its job")
     if key_gone is None or new.start_mono < key_gone:
         verdict.violations.append(f"{ev.name}: a standby ticked before the hung leader's key was gone")
+    else:
+        # The lease lapses within its TTL of the step-down (+ etcd's 0.5 s expiry sweep); the standby, woken
+        # by the delete, ticks at its next whole second.
+        if key_gone - stepped_down > timings.lease_ttl_s + 1:
+            verdict.violations.append(f"{ev.name}: the hung leader's key went {key_gone - stepped_down:.2f} s after "
+                                      f"its step-down > lease {timings.lease_ttl_s:g} s + 1 s")
+        if new.start_mono - key_gone > 1 + SLACK_S:
+            verdict.violations.append(f"{ev.name}: the standby ticked {new.start_mono - key_gone:.2f} s after the "
+                                      f"key went (bound 1 s)")
     job_end = killed if killed is not None else float("inf")
     alongside = max(0.0, min(job_end, run.stopping_mono or job_end) - new.start_mono)
     verdict.notes.append(
