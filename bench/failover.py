@@ -18,7 +18,8 @@ from pathlib import Path
 
 from singleton.dev.embedded import EtcdCluster
 from singleton.dev.ledger import Tick, duplicate_slots, overlaps
-from singleton.dev.replicas import ReplicaSet, timing_args
+from singleton.core.timings import DEFAULT, FAST
+from singleton.dev.replicas import ReplicaSet
 
 
 def pct(values: list[float], p: float) -> float:
@@ -41,20 +42,21 @@ def main() -> int:
     ap.add_argument("--graceful", type=int, default=5)
     ap.add_argument("--crash", type=int, default=3)
     ap.add_argument("--steady-s", type=float, default=60.0, help="steady ticking measured before the faults")
-    ap.add_argument("--fast", action="store_true", help="3/1/0.6 timings instead of 10/3/2")
+    ap.add_argument("--fast", action="store_true", help=f"timings {FAST} instead of {DEFAULT}")
     args = ap.parse_args()
-    ttl, every, margin = (3, 1.0, 0.6) if args.fast else (10, 3.0, 2.0)
+    timings = FAST if args.fast else DEFAULT
+    ttl = timings.lease_ttl_s
     work = Path(tempfile.mkdtemp(prefix="singleton-bench-"))
     graceful_gaps, graceful_missed, crash_times = [], [], []
     with EtcdCluster(1, work / "etcd") as cluster:
-        rs = ReplicaSet(work, cluster.endpoints_arg, "bench", timing_args(ttl, every, margin))
+        rs = ReplicaSet(work, cluster.endpoints_arg, "bench", timings.cli_args())
         n = 0
         try:
             for _ in range(3):
                 rs.start(f"r{n}")
                 n += 1
             rs.wait_ticks(2, 30)
-            print(f"timings {ttl}/{every:g}/{margin:g}; steady ticking for {args.steady_s:g} s ...", flush=True)
+            print(f"timings: {timings}; steady ticking for {args.steady_s:g} s ...", flush=True)
             time.sleep(args.steady_s)
             for kind, count, sig in (("graceful", args.graceful, signal.SIGTERM), ("crash", args.crash, signal.SIGKILL)):
                 for _ in range(count):
@@ -83,7 +85,7 @@ def main() -> int:
               f"max {max(graceful_gaps):.3f} s; seconds missed: {sum(graceful_missed)} in {len(graceful_gaps)}")
     if crash_times:
         print(f"crash failover (SIGKILL -> first tick): p50 {statistics.median(crash_times):.2f} s, "
-              f"max {max(crash_times):.2f} s (lease {ttl} s)")
+              f"max {max(crash_times):.2f} s (lease {ttl:g} s)")
     return 0 if not overlaps(ticks) and not duplicate_slots(ticks) else 1
 
 

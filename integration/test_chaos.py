@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from singleton.chaos.harness import DEFAULT, FAST, Harness, ScenarioRun
+from singleton.chaos.harness import Harness, ScenarioRun
+from singleton.core.timings import DEFAULT, FAST
 from singleton.chaos.report import write_report, write_timeline
 from singleton.chaos.scenarios import SCENARIOS, run_scenario
 from singleton.chaos.verdict import Verdict

@@ -15,13 +15,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from singleton.testing.recorder import FAST, Recorder, make, wait_for
+from singleton.core.timings import FAST
+from singleton.testing.recorder import Recorder, make, wait_for
 
 from singleton.dev.embedded import EtcdCluster, free_port
 from singleton.ops.http import HttpServer
-from singleton.dev.ledger import duplicate_slots, overlaps
+from singleton.dev.ledger import safety_violations
 from singleton.testing.proxy import CuttableProxy
-from singleton.dev.replicas import ReplicaSet, timing_args
+from singleton.dev.replicas import ReplicaSet
 from singleton.v1 import admin_pb2, admin_pb2_grpc
 
 
@@ -62,7 +63,7 @@ class Pair:
 
 @pytest.fixture
 def pair(etcd: EtcdCluster, tmp_path: Path, name: str) -> Iterator[Pair]:
-    rs = ReplicaSet(tmp_path, etcd.endpoints_arg, name, timing_args(*FAST.values()), hold_s=0.1)
+    rs = ReplicaSet(tmp_path, etcd.endpoints_arg, name, FAST.cli_args(), hold_s=0.1)
     ports = {r: (free_port(), free_port()) for r in ("a", "b")}
     try:  # every process started here is stopped, whatever fails
         rs.start("a", extra_args=["--http-port", str(ports["a"][0]), "--admin-address", str(ports["a"][1])])
@@ -74,7 +75,7 @@ def pair(etcd: EtcdCluster, tmp_path: Path, name: str) -> Iterator[Pair]:
     finally:
         rs.stop_all()
     ticks = rs.ticks()
-    assert not overlaps(ticks) and not duplicate_slots(ticks)
+    assert not safety_violations(ticks)
 
 
 def test_metrics_move_across_a_resign_and_the_new_leader_takes_the_next_second(pair: Pair) -> None:
@@ -179,7 +180,7 @@ def test_healthz_turns_red_when_the_ticker_is_wedged(etcd: EtcdCluster, name: st
         return real_plan_next(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(leadership, "plan_next", stuck_plan_next)
-    s = make(etcd.endpoints, name, "w", Recorder(), **FAST)
+    s = make(etcd.endpoints, name, "w", Recorder())
     http = HttpServer("127.0.0.1", 0, s.health, s.readiness).start()
     url = f"http://127.0.0.1:{http.port}"
     try:
@@ -202,8 +203,8 @@ def test_healthz_turns_red_when_the_ticker_is_wedged(etcd: EtcdCluster, name: st
 def test_readyz_reflects_losing_etcd(etcd: EtcdCluster, name: str) -> None:
     proxy = CuttableProxy("127.0.0.1", etcd.members[0].client_port)
     rec = Recorder()
-    leader = make(etcd.endpoints, name, "l", rec, **FAST)
-    follower = make([proxy.endpoint], name, "f", rec, **FAST)
+    leader = make(etcd.endpoints, name, "l", rec)
+    follower = make([proxy.endpoint], name, "f", rec)
     http = HttpServer("127.0.0.1", 0, follower.health, follower.readiness).start()
     url = f"http://127.0.0.1:{http.port}/readyz"
     try:

@@ -13,18 +13,16 @@ from pathlib import Path
 import pytest
 
 from singleton.dev.embedded import EtcdCluster
-from singleton.dev.ledger import Tick, duplicate_slots, overlaps, tokens_grow
-from singleton.dev.replicas import ReplicaSet, timing_args
-
-FAST = (3, 1.0, 0.6)  # lease TTL, keepalive interval, min remaining TTL
-DEFAULT = (10, 3.0, 2.0)
+from singleton.dev.ledger import Tick, safety_violations
+from singleton.core.timings import DEFAULT, FAST, Timings
+from singleton.dev.replicas import ReplicaSet
 
 
 @pytest.fixture
 def replicas(request: pytest.FixtureRequest, etcd: EtcdCluster, tmp_path: Path, name: str) -> Iterator[ReplicaSet]:
-    ttl, every, margin = getattr(request, "param", FAST)
-    rs = ReplicaSet(tmp_path, etcd.endpoints_arg, name, timing_args(ttl, every, margin), hold_s=0.2)
-    rs.ttl_s = ttl  # type: ignore[attr-defined]
+    timings: Timings = getattr(request, "param", FAST)
+    rs = ReplicaSet(tmp_path, etcd.endpoints_arg, name, timings.cli_args(), hold_s=0.2)
+    rs.ttl_s = timings.lease_ttl_s  # type: ignore[attr-defined]
     try:  # every process started here is stopped, whatever fails
         for i in range(3):
             rs.start(f"r{i}")
@@ -37,9 +35,8 @@ def replicas(request: pytest.FixtureRequest, etcd: EtcdCluster, tmp_path: Path, 
 
 def check_invariants(ticks: list[Tick]) -> None:
     assert ticks, "nothing ticked"
-    assert not overlaps(ticks), f"overlapping ticks: {overlaps(ticks)}"
-    assert not duplicate_slots(ticks), f"slots run twice: {duplicate_slots(ticks)}"
-    assert tokens_grow(ticks), "a change of leader did not bring a larger token"
+    problems = safety_violations(ticks)
+    assert not problems, "; ".join(problems)
 
 
 def kill_leader(rs: ReplicaSet, sig: int) -> tuple[str, Tick, float]:
@@ -96,4 +93,4 @@ def test_sigstop_past_the_lease_never_ticks_on_the_expired_lease(replicas: Repli
 @pytest.mark.parametrize("replicas", [DEFAULT], indirect=True)
 def test_default_timings_graceful_then_crash(replicas: ReplicaSet) -> None:
     graceful_handover(replicas)
-    crash_failover(replicas, DEFAULT[0])
+    crash_failover(replicas, DEFAULT.lease_ttl_s)

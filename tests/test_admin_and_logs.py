@@ -10,7 +10,8 @@ import pytest
 from singleton import Config, ConfigError, MemoryBackend, Singleton
 from singleton.ops.admin import check_admin_exposure, parse_address, serve_admin
 from singleton.ops.logs import JsonFormatter, setup_logging
-from singleton.testing.recorder import FAST, wait_for
+from singleton.core.timings import FAST
+from singleton.testing.recorder import wait_for
 from singleton.v1 import admin_pb2, admin_pb2_grpc
 
 
@@ -26,7 +27,8 @@ def test_admin_beyond_loopback_needs_a_token() -> None:
 
 
 def test_admin_token_is_enforced_and_status_is_served() -> None:
-    app = Singleton(Config(endpoints="127.0.0.1:2379", name="adm", replica_id="a", **FAST),  # type: ignore[arg-type]
+    app = Singleton(Config(endpoints="127.0.0.1:2379", name="adm", replica_id="a",  # type: ignore[arg-type]
+                           **FAST.config_kwargs()),
                     lambda ctx: None, backend=MemoryBackend())
     server, port = serve_admin(app, "127.0.0.1:0", token="s3cret")
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")

@@ -8,10 +8,11 @@ from collections.abc import Iterator
 import pytest
 
 from singleton.backends.abc import Backend
-from singleton.dev.embedded import EtcdCluster
-from singleton.core.errors import WatchCompacted
 from singleton.backends.etcd import EtcdBackend
 from singleton.backends.memory import MemoryBackend
+from singleton.core.clock import FakeClock
+from singleton.core.errors import BackendTimeout, LeaseNotFound, WatchCompacted
+from singleton.dev.embedded import EtcdCluster
 
 T = 2.0  # per-call deadline
 
@@ -139,13 +140,7 @@ def test_watch_from_a_compacted_revision_raises(backend: Backend, name: str) -> 
     lease = backend.grant_lease(10, T)
     won = backend.campaign(key, b"x", lease.lease_id, T)
     backend.revoke_lease(lease.lease_id, T)
-    if isinstance(backend, MemoryBackend):
-        backend.compact()
-    else:
-        _, rev = backend.get(key, T)
-        from etcd3.etcdrpc import rpc_pb2 as pb
-        from etcd3.etcdrpc import rpc_pb2_grpc as pb_grpc
-        backend._unary("compact", pb_grpc.KVStub, "Compact", pb.CompactionRequest(revision=rev, physical=True), T)
+    compact(backend, backend.get(key, T)[1])
     with pytest.raises(WatchCompacted):
         collect_raising(backend, key, won.revision)
 
@@ -159,3 +154,89 @@ def collect_raising(backend: Backend, key: str, start: int) -> None:
             pass
     finally:
         timer.cancel()
+
+
+def compact(backend: Backend, revision: int) -> None:
+    assert isinstance(backend, (MemoryBackend, EtcdBackend))
+    backend.compact(revision, T)
+
+
+def test_a_watch_may_start_at_the_compaction_revision_but_not_below(backend: Backend, name: str) -> None:
+    key, data = f"/c/{name}/leader", f"/c/{name}/data"
+    lease = backend.grant_lease(10, T)
+    token = backend.campaign(key, b"x", lease.lease_id, T).fencing_token
+    assert backend.guarded_put(key, token, data, b"1", T)
+    assert backend.guarded_put(key, token, data, b"2", T)
+    put_at = backend.get(data, T)[0].mod_revision
+    compact(backend, put_at)
+    with pytest.raises(WatchCompacted):
+        collect_raising(backend, data, put_at - 1)
+    events = collect(backend, data, put_at, 1)  # the put made at exactly the compaction revision survives it
+    assert [(e.deleted, e.revision, e.kv.value) for e in events] == [(False, put_at, b"2")]
+    # A deletion at the compaction revision does not: its tombstone goes with the history.
+    assert backend.guarded_delete(key, token, data, T)
+    deleted_at = backend.get(data, T)[1]
+    compact(backend, deleted_at)
+    with pytest.raises(WatchCompacted):
+        compact(backend, deleted_at)  # etcd: "required revision has been compacted"
+    assert backend.guarded_put(key, token, data, b"3", T)
+    events = collect(backend, data, deleted_at, 1)
+    assert [(e.deleted, e.revision) for e in events] == [(False, deleted_at + 1)]
+    backend.revoke_lease(lease.lease_id, T)
+
+
+def test_a_retried_campaign_that_finds_its_own_lease_has_won(backend: Backend, name: str) -> None:
+    key = f"/c/{name}/leader"
+    lease, other = backend.grant_lease(10, T), backend.grant_lease(10, T)
+    first = backend.campaign(key, b"x", lease.lease_id, T)
+    again = backend.campaign(key, b"x", lease.lease_id, T)  # as after an answer lost on the way back
+    assert again.won and again.fencing_token == first.fencing_token and again.revision == first.revision
+    assert not backend.campaign(key, b"y", other.lease_id, T).won
+    for held in (lease, other):
+        backend.revoke_lease(held.lease_id, T)
+
+
+def test_campaigning_with_a_lease_that_does_not_exist_raises_lease_not_found(backend: Backend, name: str) -> None:
+    key = f"/c/{name}/leader"
+    gone = backend.grant_lease(10, T)
+    backend.revoke_lease(gone.lease_id, T)
+    for lease_id in (gone.lease_id, 0x7EADBEEF5EED):  # revoked; never granted
+        with pytest.raises(LeaseNotFound):
+            backend.campaign(key, b"x", lease_id, T)
+    assert backend.get(key, T)[0] is None
+    # etcd checks the lease only of a put that runs: against a held key the campaign is simply lost.
+    holder = backend.grant_lease(10, T)
+    assert backend.campaign(key, b"h", holder.lease_id, T).won
+    assert not backend.campaign(key, b"x", gone.lease_id, T).won
+    backend.revoke_lease(holder.lease_id, T)
+
+
+def test_revoking_a_lease_deletes_all_its_keys_in_one_revision(backend: Backend, name: str) -> None:
+    keys = [f"/c/{name}/a", f"/c/{name}/b"]
+    lease = backend.grant_lease(10, T)
+    for key in keys:
+        assert backend.campaign(key, b"x", lease.lease_id, T).won
+    before = backend.get(keys[0], T)[1]
+    backend.revoke_lease(lease.lease_id, T)
+    assert backend.get(keys[0], T)[1] == before + 1
+    for key in keys:
+        events = collect(backend, key, before + 1, 1)
+        assert [(e.deleted, e.revision) for e in events] == [(True, before + 1)]
+    empty = backend.grant_lease(10, T)
+    backend.revoke_lease(empty.lease_id, T)  # deletes nothing, so takes no revision
+    assert backend.get(keys[0], T)[1] == before + 1
+
+
+def test_memory_last_ok_at_is_on_the_injected_clock() -> None:
+    clock = FakeClock(monotonic=5000.0)
+    backend = MemoryBackend(clock)
+    backend.get("/k", T)
+    assert backend.last_ok_at == 5000.0
+    clock.advance(7.0)
+    backend.hang()
+    with pytest.raises(BackendTimeout):
+        backend.get("/k", 0.05)  # no answer: readiness must see the silence grow
+    assert backend.last_ok_at == 5000.0
+    backend.heal()
+    backend.get("/k", T)
+    assert backend.last_ok_at == 5007.0

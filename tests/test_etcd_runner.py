@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from singleton.testing.recorder import FAST, Recorder, make, wait_for
+from singleton.testing.recorder import Recorder, make, wait_for
 from singleton import BackendTimeout, Role, StepDownReason
 from singleton.dev.embedded import EtcdCluster
 from singleton.backends.etcd import EtcdBackend
@@ -15,8 +15,8 @@ from singleton.testing.proxy import CuttableProxy
 
 def test_one_leader_and_a_graceful_stop_hands_over_the_next_second(etcd: EtcdCluster, name: str) -> None:
     rec = Recorder()
-    a = make(etcd.endpoints, name, "a", rec, **FAST)
-    b = make(etcd.endpoints, name, "b", rec, **FAST)
+    a = make(etcd.endpoints, name, "a", rec)
+    b = make(etcd.endpoints, name, "b", rec)
     a.start()
     wait_for(lambda: a.is_leader, 5, "a to lead")
     b.start()
@@ -35,7 +35,7 @@ def test_tokens_grow_across_terms(etcd: EtcdCluster, name: str) -> None:
     rec = Recorder()
     tokens = []
     for i in range(3):
-        s = make(etcd.endpoints, name, f"r{i}", rec, **FAST)
+        s = make(etcd.endpoints, name, f"r{i}", rec)
         s.start()
         wait_for(lambda: s.is_leader, 5, "leadership")
         tokens.append(s.fencing_token)
@@ -45,12 +45,12 @@ def test_tokens_grow_across_terms(etcd: EtcdCluster, name: str) -> None:
 
 def test_a_tick_of_a_stale_leader_cannot_write(etcd: EtcdCluster, name: str) -> None:
     contexts = []
-    a = make(etcd.endpoints, name, "a", contexts.append, **FAST)
+    a = make(etcd.endpoints, name, "a", contexts.append)
     a.start()
     wait_for(lambda: contexts, 5, "a tick")
     a.stop()
     b_contexts = []
-    b = make(etcd.endpoints, name, "b", b_contexts.append, **FAST)
+    b = make(etcd.endpoints, name, "b", b_contexts.append)
     b.start()
     wait_for(lambda: b_contexts, 5, "b tick")
     try:
@@ -67,11 +67,11 @@ def test_a_tick_of_a_stale_leader_cannot_write(etcd: EtcdCluster, name: str) -> 
 
 def test_lost_campaigns_leak_no_lease(etcd: EtcdCluster, name: str) -> None:
     rec = Recorder()
-    leader = make(etcd.endpoints, name, "leader", rec, **FAST)
+    leader = make(etcd.endpoints, name, "leader", rec)
     leader.start()
     wait_for(lambda: leader.is_leader, 5, "leadership")
     before = set(etcd.lease_ids())
-    loser = make(etcd.endpoints, name, "loser", rec, **FAST)
+    loser = make(etcd.endpoints, name, "loser", rec)
     for _ in range(40):
         term, result, _ = loser._campaign_once()
         assert term is None and not result.won
@@ -128,7 +128,7 @@ def test_a_leader_cut_off_from_etcd_steps_down_before_its_lease_lapses(etcd: Etc
         assert at - cut_at <= 2 * 1.0 + 0.5 + 0.5
         assert at < term.keeper.expires_at
         wait_for(lambda: rec.by("b"), 8, "b to take over once a's lease lapsed")
-        assert rec.by("b")[0].start >= max(r.end or r.start for r in rec.by("a"))
+        assert rec.by("b")[0].start_mono >= max(r.end_mono or r.start_mono for r in rec.by("a"))
     finally:
         proxy.heal()
         a.stop()
@@ -141,7 +141,7 @@ def test_etcd_down_at_start_retries_with_a_clear_message_then_wins(name: str, ca
     caplog.set_level(logging.WARNING, logger="singleton")
     cluster = EtcdCluster(1)
     rec = Recorder()
-    s = make(cluster.endpoints, name, "early", rec, **FAST)
+    s = make(cluster.endpoints, name, "early", rec)
     try:
         s.start()
         time.sleep(1.5)
@@ -159,8 +159,8 @@ def test_graceful_stop_keeps_the_lease_while_a_tick_longer_than_the_lease_finish
     """Found by the chaos suite: the keepalive must go on while a graceful stop waits for the tick,
     or the lease lapses under a running tick and a standby starts ticking beside it."""
     rec = Recorder(hold_s=4.5)  # longer than the 3 s lease; the job stops early only if cancelled
-    a = make(etcd.endpoints, name, "a", rec, **FAST, stop_timeout_s=6.0)
-    b = make(etcd.endpoints, name, "b", rec, **FAST)
+    a = make(etcd.endpoints, name, "a", rec, stop_timeout_s=6.0)
+    b = make(etcd.endpoints, name, "b", rec)
     try:
         a.start()
         wait_for(lambda: rec.by("a"), 5, "a's first tick")
@@ -168,10 +168,10 @@ def test_graceful_stop_keeps_the_lease_while_a_tick_longer_than_the_lease_finish
         time.sleep(0.3)
         a.stop()
         tick = rec.by("a")[0]
-        assert tick.end is not None and tick.end - tick.start >= 4.4, "the tick was cut short"
+        assert tick.end_mono is not None and tick.end_mono - tick.start_mono >= 4.4, "the tick was cut short"
         wait_for(lambda: rec.by("b"), 5, "b to tick after a's tick ended")
     finally:
         a.stop()
         b.stop()
-    assert rec.by("b")[0].start >= tick.end, "b ticked while a's tick was still running"
+    assert rec.by("b")[0].start_mono >= tick.end_mono, "b ticked while a's tick was still running"
     rec.assert_safe()

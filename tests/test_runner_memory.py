@@ -9,11 +9,13 @@ import time
 import pytest
 
 from singleton import Config, MemoryBackend, Singleton, StepDownReason, TickContext
-from singleton.testing.recorder import FAST, wait_for
+from singleton.core.timings import FAST
+from singleton.testing.recorder import wait_for
 
 
 def config(replica: str, **extra: float) -> Config:
-    return Config(endpoints="127.0.0.1:2379", name="mem", replica_id=replica, **{**FAST, **extra})  # type: ignore[arg-type]
+    return Config(endpoints="127.0.0.1:2379", name="mem", replica_id=replica,  # type: ignore[arg-type]
+                  **{**FAST.config_kwargs(), **extra})
 
 
 def test_decorated_job_runs_and_listeners_hear_election_and_step_down() -> None:

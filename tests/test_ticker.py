@@ -12,6 +12,7 @@ from singleton.runtime.leadership import Leadership
 from singleton.core.lease import LeaseKeeper, StepDownReason
 from singleton.backends.memory import MemoryBackend
 from singleton.runtime.telemetry import Stats
+from singleton.core.term import RunningJob
 from singleton.core.ticker import Verdict, check_due, first_plan, plan_next, plan_slot
 
 T0 = 1_700_000_000
@@ -81,14 +82,26 @@ class FakeJobs:
         self.clock, self.duration_s = clock, duration_s
         self.started: list[tuple[int, float]] = []  # (slot, monotonic start)
         self._busy_until = 0.0
+        self.cancelled_at: float | None = None
 
     def busy(self) -> bool:
         return self.clock.monotonic() < self._busy_until
+
+    def running(self) -> RunningJob | None:
+        if not self.busy():
+            return None
+        slot, started_at = self.started[-1]
+        return RunningJob(slot, started_at, self.cancelled_at)
+
+    def cancel(self) -> None:
+        if self.busy() and self.cancelled_at is None:
+            self.cancelled_at = self.clock.monotonic()
 
     def start(self, ctx) -> None:
         assert not self.busy(), "a tick started while the previous one was running"
         self.started.append((ctx.slot, self.clock.monotonic()))
         self._busy_until = self.clock.monotonic() + self.duration_s
+        self.cancelled_at = None
 
 
 class FakeWake:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from certs import CA
-from singleton.testing.recorder import FAST, Recorder, wait_for
+from singleton.core.timings import FAST
+from singleton.testing.recorder import Recorder, wait_for
 from singleton import Config, Singleton
 from singleton.dev.embedded import EtcdCluster
 from singleton.core.security import Credentials
@@ -81,7 +82,7 @@ def run_cli(args: list[str], timeout_s: float = 30) -> subprocess.CompletedProce
 def config(secure: SecureEtcd, name: str, user: str, replica: str) -> Config:
     return Config(endpoints=secure.cluster.endpoints_arg, name=name, replica_id=replica, cacert=str(secure.ca),
                   cert=str(secure.client[0]), key=str(secure.client[1]), user=user,
-                  password_file=str(secure.password_files[user]), **FAST)  # type: ignore[arg-type]
+                  password_file=str(secure.password_files[user]), **FAST.config_kwargs())  # type: ignore[arg-type]
 
 
 def test_election_and_ticking_work_with_the_right_material(secure: SecureEtcd, name: str) -> None:

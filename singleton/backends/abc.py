@@ -1,6 +1,6 @@
 """The coordination backend interface (one file, as APScheduler 4's abc.py), and the values it deals in.
 
-`MemoryBackend` (in memory.py) and `EtcdBackend` (in etcd.py) implement it; one test suite runs
+`MemoryBackend` (in memory.py) and `EtcdBackend` (in the etcd package) implement it; one test suite runs
 against both. Every method takes its own deadline; a backend call never blocks past it.
 """
 from __future__ import annotations
@@ -38,6 +38,12 @@ class CampaignResult:
         return self.leader.create_revision if self.leader else 0
 
 
+def campaign_won(succeeded: bool, leader: KeyValue | None, lease_id: int) -> bool:
+    """A campaign is won when its put applied, or when a retried campaign (whose first try applied but
+    whose answer was lost) finds the key held under its own lease."""
+    return succeeded or (lease_id != 0 and leader is not None and leader.lease_id == lease_id)
+
+
 @dataclass(frozen=True)
 class WatchEvent:
     deleted: bool
@@ -47,6 +53,7 @@ class WatchEvent:
 
 class Backend(ABC):
     # Monotonic time of the last answer from the store (any call, or a watch message): for readiness.
+    # EtcdBackend uses time.monotonic(); MemoryBackend its injected clock's monotonic().
     last_ok_at: float = float("-inf")
 
     @abstractmethod
@@ -67,7 +74,10 @@ class Backend(ABC):
     @abstractmethod
     def campaign(self, key: str, value: bytes, lease_id: int, timeout_s: float,
                  also_read: tuple[str, ...] = ()) -> CampaignResult:
-        """One transaction: if `key` does not exist (create_revision == 0), put it under the lease."""
+        """One transaction: if `key` does not exist (create_revision == 0), put it under the lease.
+
+        Won also when the key already holds our own lease (see `campaign_won`). Raises LeaseNotFound
+        when the put would run with a lease that does not exist (revoked, expired, never granted)."""
 
     @abstractmethod
     def get(self, key: str, timeout_s: float) -> tuple[KeyValue | None, int]:

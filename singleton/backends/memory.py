@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from singleton.backends.abc import Backend, CampaignResult, KeyValue, Lease, WatchEvent
+from singleton.backends.abc import Backend, CampaignResult, KeyValue, Lease, WatchEvent, campaign_won
 from singleton.core.clock import Clock, SystemClock
-from singleton.core.errors import BackendTimeout, BackendUnavailable, WatchCompacted
+from singleton.core.errors import BackendError, BackendTimeout, BackendUnavailable, LeaseNotFound, WatchCompacted
+
+# One operation of a transaction: (key, value, lease_id) puts; a value of None deletes.
+_Op = tuple[str, bytes | None, int]
 
 
 @dataclass
@@ -37,7 +39,7 @@ class MemoryBackend(Backend):
         self._hung = False
         self._down = False
 
-    # --- fault injection, for tests -------------------------------------------------------------
+    # --- fault injection and maintenance, for tests -----------------------------------------------
     def hang(self) -> None:
         self._hung = True
 
@@ -47,10 +49,19 @@ class MemoryBackend(Backend):
     def heal(self) -> None:
         self._hung = self._down = False
 
-    def compact(self) -> None:
+    def compact(self, revision: int, timeout_s: float = 1.0) -> None:
+        """Drop the history before `revision`, as etcd's Compact does: a watch may still start at
+        `revision` (and sees a put made at exactly it), not below it."""
+        self._enter(timeout_s)
         with self._cond:
-            self._compacted = self._revision
-            self._history.clear()
+            if revision > self._revision:
+                raise BackendError(f"compact at {revision}: required revision is a future revision")
+            if revision <= self._compacted:
+                raise WatchCompacted(f"compact at {revision}: already compacted at {self._compacted}")
+            self._compacted = revision
+            # etcd keeps each key's version at the compaction revision, but not a deletion's tombstone.
+            self._history = [e for e in self._history
+                             if e.revision > revision or (e.revision == revision and not e.deleted)]
 
     def live_lease_ids(self) -> list[int]:
         with self._cond:
@@ -62,9 +73,11 @@ class MemoryBackend(Backend):
         if self._down:
             raise BackendUnavailable("memory backend is down")
         if self._hung:
+            # Real time on purpose: a hung call blocks its caller for the deadline, and a FakeClock
+            # only moves when the test moves it, so waiting on it could block forever.
             threading.Event().wait(timeout_s)
             raise BackendTimeout(f"memory backend hung: no answer within {timeout_s:g} s")
-        self.last_ok_at = time.monotonic()
+        self.last_ok_at = self._clock.monotonic()
 
     def _expire_locked(self) -> None:
         now = self._clock.monotonic()
@@ -73,31 +86,46 @@ class MemoryBackend(Backend):
 
     def _revoke_locked(self, lease_id: int) -> None:
         lease = self._leases.pop(lease_id, None)
-        for key in sorted(lease.keys if lease else ()):
-            self._delete_locked(key)
+        if lease is not None:
+            self._commit_locked([(key, None, 0) for key in sorted(lease.keys)])  # one revision, as etcd
 
-    def _delete_locked(self, key: str, bump: bool = True) -> None:
-        kv = self._kv.pop(key, None)
-        if kv is None:
-            return
-        if kv.lease_id in self._leases:
-            self._leases[kv.lease_id].keys.discard(key)
-        self._revision += bump
-        self._history.append(WatchEvent(True, self._revision, KeyValue(key, b"", 0, self._revision)))
-        self._cond.notify_all()
+    def _commit_locked(self, ops: Sequence[_Op]) -> None:
+        """Apply one transaction as etcd does: all its changes share one new revision, and a
+        transaction that changes nothing (deleting absent keys) takes no revision."""
+        for key, value, lease_id in ops:
+            if value is not None and lease_id and lease_id not in self._leases:
+                raise LeaseNotFound(f"put {key}: lease {lease_id:x} not found")  # before any change
+        revision = self._revision + 1
+        changed = False
+        for key, value, lease_id in ops:
+            old = self._kv.pop(key, None)
+            if old is not None and old.lease_id in self._leases:
+                self._leases[old.lease_id].keys.discard(key)
+            if value is None:
+                if old is not None:
+                    changed = True
+                    self._history.append(WatchEvent(True, revision, KeyValue(key, b"", 0, revision)))
+                continue
+            changed = True
+            kv = KeyValue(key, value, old.create_revision if old else revision, revision, lease_id)
+            self._kv[key] = kv
+            if lease_id:
+                self._leases[lease_id].keys.add(key)
+            self._history.append(WatchEvent(False, revision, kv))
+        if changed:
+            self._revision = revision
+            self._cond.notify_all()
 
-    def _put_locked(self, key: str, value: bytes, lease_id: int = 0) -> None:
-        old = self._kv.get(key)
-        if old is not None and old.lease_id in self._leases:
-            self._leases[old.lease_id].keys.discard(key)
-        self._revision += 1
-        create = old.create_revision if old else self._revision
-        kv = KeyValue(key, value, create, self._revision, lease_id)
-        self._kv[key] = kv
-        if lease_id:
-            self._leases[lease_id].keys.add(key)
-        self._history.append(WatchEvent(False, self._revision, kv))
-        self._cond.notify_all()
+    def _guarded(self, leader_key: str, fencing_token: int, ops: Sequence[_Op], timeout_s: float) -> bool:
+        """One transaction: `ops` only while `leader_key` still has create_revision == fencing_token."""
+        self._enter(timeout_s)
+        with self._cond:
+            self._expire_locked()
+            leader = self._kv.get(leader_key)
+            if (leader.create_revision if leader else 0) != fencing_token:  # etcd: an absent key's is 0
+                return False
+            self._commit_locked(ops)
+            return True
 
     # --- Backend ---------------------------------------------------------------------------------
     def grant_lease(self, ttl_s: int, timeout_s: float) -> Lease:
@@ -134,13 +162,12 @@ class MemoryBackend(Backend):
         self._enter(timeout_s)
         with self._cond:
             self._expire_locked()
-            won = key not in self._kv
-            if won:
-                if lease_id not in self._leases:
-                    raise BackendUnavailable(f"lease {lease_id:x} not found")
-                self._put_locked(key, value, lease_id)
+            succeeded = key not in self._kv
+            if succeeded:
+                self._commit_locked([(key, value, lease_id)])  # LeaseNotFound for a gone lease, as etcd
+            leader = self._kv.get(key)
             extra = {k: self._kv[k] for k in also_read if k in self._kv}
-            return CampaignResult(won, self._revision, self._kv.get(key), extra)
+            return CampaignResult(campaign_won(succeeded, leader, lease_id), self._revision, leader, extra)
 
     def get(self, key: str, timeout_s: float) -> tuple[KeyValue | None, int]:
         self._enter(timeout_s)
@@ -148,53 +175,30 @@ class MemoryBackend(Backend):
             self._expire_locked()
             return self._kv.get(key), self._revision
 
-    def _leads(self, leader_key: str, fencing_token: int) -> bool:
-        kv = self._kv.get(leader_key)
-        return kv is not None and kv.create_revision == fencing_token
-
     def guarded_put(self, leader_key: str, fencing_token: int, key: str, value: bytes, timeout_s: float) -> bool:
-        self._enter(timeout_s)
-        with self._cond:
-            self._expire_locked()
-            if not self._leads(leader_key, fencing_token):
-                return False
-            self._put_locked(key, value)
-            return True
+        return self._guarded(leader_key, fencing_token, [(key, value, 0)], timeout_s)
 
     def guarded_delete(self, leader_key: str, fencing_token: int, key: str, timeout_s: float) -> bool:
-        self._enter(timeout_s)
-        with self._cond:
-            self._expire_locked()
-            if not self._leads(leader_key, fencing_token):
-                return False
-            self._delete_locked(key)
-            return True
+        return self._guarded(leader_key, fencing_token, [(key, None, 0)], timeout_s)
 
     def resign(self, leader_key: str, fencing_token: int, handover_key: str, handover: bytes,
                timeout_s: float) -> bool:
-        self._enter(timeout_s)
-        with self._cond:
-            self._expire_locked()
-            if not self._leads(leader_key, fencing_token):
-                return False
-            # One transaction, one revision, as in etcd: the delete and the handover share it.
-            self._put_locked(handover_key, handover)
-            self._delete_locked(leader_key, bump=False)
-            return True
+        return self._guarded(leader_key, fencing_token, [(handover_key, handover, 0), (leader_key, None, 0)],
+                             timeout_s)
 
     def watch(self, key: str, start_revision: int, stop: threading.Event) -> Iterator[WatchEvent]:
         next_revision = start_revision
         while not stop.is_set():
             with self._cond:
                 self._expire_locked()
-                if next_revision <= self._compacted:
+                if next_revision < self._compacted:  # etcd: the compaction revision itself is still there
                     raise WatchCompacted(f"revision {next_revision} is compacted (at {self._compacted})")
                 ready = [e for e in self._history if e.revision >= next_revision and e.kv.key == key]
                 if not ready:
                     # Short waits so leases expire on time and `stop` is noticed.
                     self._cond.wait(0.02)
                     if not (self._hung or self._down):
-                        self.last_ok_at = time.monotonic()
+                        self.last_ok_at = self._clock.monotonic()
                     continue
             for event in ready:
                 next_revision = event.revision + 1

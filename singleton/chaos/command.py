@@ -8,7 +8,8 @@ from pathlib import Path
 
 from singleton.core.config import parse_endpoints
 from singleton.core.errors import ConfigError
-from singleton.chaos.harness import DEFAULT, FAST, Harness
+from singleton.chaos.harness import Harness
+from singleton.core.timings import DEFAULT, FAST
 from singleton.chaos.report import write_report, write_timeline
 from singleton.chaos.scenarios import run_all, select
 
@@ -28,7 +29,7 @@ def run_chaos(*, endpoints: str, replicas: int, scenarios: str, rounds: int, out
                       replicas=replicas, timings=timings)
     cluster = endpoints or f"embedded, {members} member(s)"
     print(f"singleton chaos: {len(names)} scenario(s) x {rounds} round(s) on {cluster}, {replicas} replicas, "
-          f"timings {timings.lease_ttl_s:g}/{timings.keepalive_interval_s:g}/{timings.min_remaining_ttl_s:g}",
+          f"timings: {timings}",
           flush=True)
     # The harness's own etcd clients (its key watcher) would log member losses it injected itself.
     logging.getLogger("singleton").setLevel(logging.ERROR)

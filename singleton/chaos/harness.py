@@ -13,41 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from singleton.core.config import Config, Endpoint
+from singleton.core.timings import DEFAULT, Timings
 from singleton.dev.embedded import EtcdCluster, EtcdMember, etcd_binary
 from singleton.core.errors import BackendError
 from singleton.backends.etcd import EtcdBackend
 from singleton.core.records import decode_leader
 from singleton.dev.ledger import FAIL_EVERY_ENV, HANG_FILE_ENV, HOLD_ENV, Tick
 from singleton.testing.proxy import CuttableProxy
-from singleton.dev.replicas import ReplicaSet, timing_args
+from singleton.dev.replicas import ReplicaSet
 from singleton.chaos.clockstep import CLOCK_FILE_ENV
 
 PREFIX = "/singleton-chaos"
-
-
-@dataclass(frozen=True)
-class Timings:
-    lease_ttl_s: float = 10
-    keepalive_interval_s: float = 3.0
-    min_remaining_ttl_s: float = 2.0
-    max_failed_renewals: int = 2
-
-    @property
-    def renewal_timeout_s(self) -> float:
-        return min(1.0, self.keepalive_interval_s / 2)
-
-    @property
-    def partition_stop_bound_s(self) -> float:
-        """A cut-off leader stops within this long of the cut: two renewals, or the margin, whichever first."""
-        return min(self.max_failed_renewals * self.keepalive_interval_s + self.renewal_timeout_s,
-                   self.lease_ttl_s - self.min_remaining_ttl_s)
-
-    def args(self) -> list[str]:
-        return timing_args(self.lease_ttl_s, self.keepalive_interval_s, self.min_remaining_ttl_s)
-
-
-DEFAULT = Timings()
-FAST = Timings(3, 1.0, 0.6)
 
 
 @dataclass(frozen=True)
@@ -167,7 +143,7 @@ class Harness:
         namespace = f"{self.run_id}-{self._runs}-{scenario}"  # every run its own keys and ledger
         workdir = self.out_dir / "runs" / namespace
         workdir.mkdir(parents=True, exist_ok=True)
-        self.replicas = ReplicaSet(workdir, "", namespace, [*self.timings.args(), "--prefix", PREFIX],
+        self.replicas = ReplicaSet(workdir, "", namespace, [*self.timings.cli_args(), "--prefix", PREFIX],
                                    hold_s=self.hold_s)
         self.run = ScenarioRun(scenario, workdir, namespace, time.monotonic())
         self._watch_stop = threading.Event()

@@ -7,7 +7,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from singleton.chaos.harness import ScenarioRun, Timings
+from singleton.chaos.harness import ScenarioRun
+from singleton.core.timings import Timings
 from singleton.chaos.verdict import Verdict
 
 
@@ -42,8 +43,7 @@ def write_report(out: Path, results: list[tuple[Verdict, ScenarioRun]], timings:
         f"- Verdict: **{'every invariant held' if all(v.held for v in verdicts) else 'INVARIANTS VIOLATED'}**",
         f"- {len(verdicts)} scenario runs, {faults} faults injected, {sum(v.ticks for v in verdicts)} ticks, "
         f"{duration_s / 60:.1f} minutes",
-        f"- Timings: lease {timings.lease_ttl_s:g} s, renew every {timings.keepalive_interval_s:g} s, "
-        f"step down below {timings.min_remaining_ttl_s:g} s; etcd: {cluster}",
+        f"- Timings: {timings}; etcd: {cluster}",
         f"- Takeovers, p50 / p99 / max: graceful {_figures(by_kind('graceful'))} s; crash {_figures(by_kind('crash'))} s; "
         f"pause {_figures(by_kind('pause'))} s; partition {_figures(by_kind('partition'))} s; "
         f"hung job (from its step-down) {_figures(by_kind('hung'))} s",

@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 
 from singleton.dev.ledger import Tick, duplicate_slots, overlaps, tokens_grow
 from singleton.chaos.compound import JOB_CANCEL_GRACE_S, JOB_TIMEOUT_S, PROBE_FAILURES
-from singleton.chaos.harness import FaultEvent, ScenarioRun, Timings
+from singleton.chaos.harness import FaultEvent, ScenarioRun
+from singleton.core.timings import Timings
 
 SLACK_S = 0.5  # process scheduling on a busy 2-core machine
 # A term that stands this long without a tick is a silent one: the ticker ticks within a second of winning.

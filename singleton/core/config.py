@@ -55,6 +55,12 @@ def parse_endpoints(text: str | Sequence[str | Endpoint]) -> tuple[Endpoint, ...
     return endpoints
 
 
+def default_renewal_timeout_s(keepalive_interval_s: float) -> float:
+    """The deadline of one renewal when none is given: 1 s, or half the keepalive interval if that is shorter
+    (a renewal that hangs must give up well before the next one is due)."""
+    return min(1.0, keepalive_interval_s / 2)
+
+
 def default_replica_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
@@ -69,12 +75,16 @@ class Config:
     prefix: str = "/singleton"
     lease_ttl_s: float = 10.0
     keepalive_interval_s: float = 3.0
-    renewal_timeout_s: float | None = None  # None: min(1 s, half the keepalive interval)
+    renewal_timeout_s: float | None = None  # None: default_renewal_timeout_s(keepalive_interval_s)
     min_remaining_ttl_s: float = 2.0
     max_failed_renewals: int = 2
     call_timeout_s: float = 2.0
     stop_timeout_s: float = 5.0
     campaign_backoff_max_s: float = 2.0
+    # A run longer than this is told to cancel (None: no limit). One still running `job_cancel_grace_s` after a
+    # cancel is hung: the replica steps down without releasing its lease, and /healthz fails until it ends.
+    job_timeout_s: float | None = None
+    job_cancel_grace_s: float = 2.0
     # TLS files (paths) and etcd auth; the password itself never comes from a flag.
     cacert: str | None = None
     cert: str | None = None
@@ -88,7 +98,7 @@ class Config:
         if not all(isinstance(e, Endpoint) for e in self.endpoints) or not isinstance(self.endpoints, tuple):
             object.__setattr__(self, "endpoints", parse_endpoints(self.endpoints))
         if self.renewal_timeout_s is None:
-            object.__setattr__(self, "renewal_timeout_s", min(1.0, self.keepalive_interval_s / 2))
+            object.__setattr__(self, "renewal_timeout_s", default_renewal_timeout_s(self.keepalive_interval_s))
         self.validate()
         credentials = load_credentials(self.cacert, self.cert, self.key, self.user, self.password_file, self.password)
         if credentials and credentials.tls and not all(e.secure for e in self.endpoints):
@@ -135,7 +145,10 @@ class Config:
             raise ConfigError(f"renewal timeout must be > 0 and at most the keepalive interval (got {self.renewal_deadline_s:g})")
         if self.max_failed_renewals < 1:
             raise ConfigError(f"max failed renewals must be >= 1 (got {self.max_failed_renewals})")
+        if self.job_timeout_s is not None and self.job_timeout_s <= 0:
+            raise ConfigError(f"job timeout must be > 0 seconds, or unset for none (got {self.job_timeout_s:g})")
         for label, value in (("call timeout", self.call_timeout_s), ("stop timeout", self.stop_timeout_s),
-                             ("campaign backoff", self.campaign_backoff_max_s)):
+                             ("campaign backoff", self.campaign_backoff_max_s),
+                             ("job cancel grace", self.job_cancel_grace_s)):
             if value <= 0:
                 raise ConfigError(f"{label} must be > 0 (got {value:g})")

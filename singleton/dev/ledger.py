@@ -123,6 +123,20 @@ def tokens_grow(ticks: Iterable[Tick]) -> bool:
     return all(b > a for a, b in zip([tokens[0], *changes], changes)) if tokens else True
 
 
+def safety_violations(ticks: Iterable[Tick]) -> list[str]:
+    """The safety invariants, as sentences (none when they held): no two ticks at once, no slot twice,
+    a larger token with each change of leader."""
+    ticks = list(ticks)
+    problems = []
+    if overlapping := overlaps(ticks):
+        problems.append(f"overlapping ticks: {overlapping}")
+    if twice := duplicate_slots(ticks):
+        problems.append(f"slots run twice: {twice}")
+    if not tokens_grow(ticks):
+        problems.append(f"a change of leader did not bring a larger token: {[t.token for t in ticks]}")
+    return problems
+
+
 def missed_slots(ticks: Iterable[Tick]) -> list[int]:
     slots = sorted({t.slot for t in ticks})
     return [s for a, b in zip(slots, slots[1:]) for s in range(a + 1, b)]

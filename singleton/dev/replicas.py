@@ -13,11 +13,6 @@ from singleton.dev.ledger import HOLD_ENV, LEDGER_ENV, Tick, read_ledger
 LEDGER_JOB = "singleton.dev.ledger:record_tick"
 
 
-def timing_args(lease_ttl_s: float, keepalive_interval_s: float, min_remaining_ttl_s: float) -> list[str]:
-    return ["--lease-ttl", f"{lease_ttl_s:g}", "--keepalive-interval", f"{keepalive_interval_s:g}",
-            "--min-remaining-ttl", f"{min_remaining_ttl_s:g}"]
-
-
 class ReplicaSet:
     def __init__(self, workdir: Path, endpoints: str, name: str, extra_args: list[str] | None = None,
                  hold_s: float = 0.05) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from singleton.core.errors import ConfigError
+from singleton.ops.http import probe_bind
 from singleton.runtime.runner import Singleton
 from singleton.v1 import admin_pb2, admin_pb2_grpc
 
@@ -92,11 +93,19 @@ def check_admin_exposure(host: str, token: str | None) -> None:
 def serve_admin(singleton: Singleton, address: str, token: str | None = None) -> tuple[grpc.Server, int]:
     host, port = parse_address(address)
     check_admin_exposure(host, token)
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="singleton-admin"))
+    # gRPC sets SO_REUSEPORT by default: a second replica on the same port would bind too, and the kernel
+    # would split calls (Resign!) between the two. Off, the second one fails here instead.
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="singleton-admin"),
+                         options=[("grpc.so_reuseport", 0)])
     admin_pb2_grpc.add_AdminServicer_to_server(AdminService(singleton, token), server)
-    bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    except RuntimeError:  # grpcio >= 1.5x raises instead of returning 0
+        bound = 0
     if bound == 0:
-        raise ConfigError(f"cannot bind the admin API to {address}")
+        why = probe_bind(host, port)
+        remedy = "give this replica another" if why == "address already in use" else "check"
+        raise ConfigError(f"cannot serve the admin API on {host}:{port}: {why}; {remedy} --admin-address")
     server.start()
     log.info("admin API on %s:%d", host, bound)
     return server, bound

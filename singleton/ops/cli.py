@@ -7,14 +7,18 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from singleton.core.config import Config
+from singleton.core.timings import DEFAULT, FAST
 from singleton.core.errors import AuthError, ConfigError, SingletonError
 from singleton.runtime.jobs import JobFn
 from singleton.ops.logs import setup_logging
+
+if TYPE_CHECKING:
+    from singleton.ops.http import HttpServer
+    from singleton.runtime.runner import Singleton
 
 ENV_PREFIX = "SINGLETON_"
 
@@ -66,11 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection(run)
     _option(run, "--job", required=True, help="package.module:callable taking the tick context")
     _option(run, "--id", help="replica id (default: host-pid-random)")
-    _option(run, "--lease-ttl", type=float, default=10.0, help="lease TTL, whole seconds")
-    _option(run, "--keepalive-interval", type=float, default=3.0, help="seconds between renewals")
-    _option(run, "--renewal-timeout", type=float, help="deadline of one renewal (default min(1, interval/2))")
-    _option(run, "--min-remaining-ttl", type=float, default=2.0, help="step down below this much lease left")
-    _option(run, "--max-failed-renewals", type=int, default=2, help="step down after this many failures in a row")
+    _option(run, "--lease-ttl", type=float, default=DEFAULT.lease_ttl_s, help="lease TTL, whole seconds")
+    _option(run, "--keepalive-interval", type=float, default=DEFAULT.keepalive_interval_s,
+            help="seconds between renewals")
+    _option(run, "--renewal-timeout", type=float,
+            help="deadline of one renewal (default: 1 s, or half the keepalive interval if shorter)")
+    _option(run, "--min-remaining-ttl", type=float, default=DEFAULT.min_remaining_ttl_s,
+            help="step down below this much lease left")
+    _option(run, "--max-failed-renewals", type=int, default=DEFAULT.max_failed_renewals,
+            help="step down after this many failures in a row")
     _option(run, "--stop-timeout", type=float, default=5.0, help="how long a graceful stop waits for the tick")
     _option(run, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     _option(run, "--log-format", default="text", help="text, or json (one object per line)")
@@ -100,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--scenarios", default="all", help="all, or names separated by commas")
     chaos.add_argument("--rounds", type=int, default=1)
     chaos.add_argument("--out", default="chaos-out", help="where report.md and timeline.png go")
-    chaos.add_argument("--fast", action="store_true", help="3/1/0.6 s timings instead of the defaults 10/3/2")
+    chaos.add_argument("--fast", action="store_true", help=f"timings {FAST} instead of the defaults ({DEFAULT})")
     chaos.add_argument("--broken-replicas", action="store_true", help=argparse.SUPPRESS)  # proves checks can fail
 
     demo = sub.add_parser("demo", help="3 replicas on an embedded local etcd, with a live failover")
@@ -165,6 +173,20 @@ def _read_token(path: str) -> str | None:
     return token
 
 
+def _serve_http(host: str, port: int, singleton: Singleton) -> HttpServer:
+    from singleton.ops.http import HttpServer, bind_failure
+
+    try:
+        http = HttpServer(host, port, singleton.health, singleton.readiness)
+    except OSError as err:
+        why = bind_failure(err)
+        remedy = ("give this replica another --http-port (or 0 to turn it off)" if why == "address already in use"
+                  else "check --http-host and --http-port")
+        raise ConfigError(f"cannot serve /metrics and health on {host}:{port}: {why}; {remedy}") from None
+    logging.getLogger("singleton").info("http server on %s:%d (/metrics /healthz /readyz)", host, http.port)
+    return http.start()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.id:
@@ -183,53 +205,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         check_admin_exposure(parse_address(args.admin_address)[0], token)
     if not 0 <= args.http_port <= 65535:
         raise ConfigError(f"bad --http-port {args.http_port}")
-    from singleton.ops.http import HttpServer, setup_telemetry
+    from singleton.ops.http import setup_telemetry
     from singleton.runtime.runner import Singleton
 
-    preflight(config)
     setup_telemetry(config.replica_id)
-    singleton = Singleton(config, job)
+    singleton = Singleton(config, job)  # its etcd channels open on first use, not here
     closers: list[Callable[[], object]] = []
     try:
+        # Our ports before etcd: a second replica on this host with the same port stops here, having
+        # touched nothing.
         if args.http_port:
-            http = HttpServer(args.http_host, args.http_port, singleton.health, singleton.readiness).start()
-            closers.append(http.close)
-            logging.getLogger("singleton").info("http server on %s:%d (/metrics /healthz /readyz)",
-                                                args.http_host, http.port)
+            closers.append(_serve_http(args.http_host, args.http_port, singleton).close)
         if args.admin_address:
             from singleton.ops.admin import serve_admin
 
             server, _ = serve_admin(singleton, args.admin_address, token)
             closers.append(lambda: server.stop(1.0))
+        preflight(config)
         singleton.run()
     finally:
-        for close in closers:
+        for close in reversed(closers):
             close()
     return 0
-
-
-def leader_status(config: Config, timeout_s: float = 3.0) -> dict[str, Any]:
-    from singleton.backends.etcd import EtcdBackend
-    from singleton.core.records import decode_leader
-
-    backend = EtcdBackend.from_config(config)
-    try:
-        kv, revision = backend.get(config.leader_key, timeout_s)
-        status: dict[str, Any] = {"name": config.name, "key": config.leader_key, "revision": revision,
-                                  "leader": None}
-        if kv is not None:
-            record = decode_leader(kv.value)
-            status["leader"] = {
-                "replica_id": record.replica_id if record else None, "host": record.host if record else None,
-                "pid": record.pid if record else None, "fencing_token": kv.create_revision,
-                "elected_at_unix_s": record.elected_at_unix_s if record else None,
-                "leading_for_s": round(time.time() - record.elected_at_unix_s, 3) if record else None,
-                "lease_id": f"{kv.lease_id:x}",
-                "lease_remaining_s": backend.lease_remaining_s(kv.lease_id, timeout_s),
-            }
-        return status
-    finally:
-        backend.close()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -237,6 +234,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         from singleton.ops.commands import watch_leader
 
         return watch_leader(_config(args), as_json=args.json, max_events=args.max_events)
+    from singleton.ops.commands import leader_status
+
     status = leader_status(_config(args))
     if args.json:
         print(json.dumps(status, indent=2))
@@ -247,7 +246,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(f"{args.name}: leader {leader['replica_id']} (host {leader['host']}, pid {leader['pid']}), "
               f"token {leader['fencing_token']}, leading for {leader['leading_for_s']:.1f} s, "
-              f"lease {leader['lease_remaining_s']:.0f} s left")
+              f"lease {leader['lease_id']} with {leader['lease_remaining_s']:.0f} s left")
     return 0
 
 

@@ -2,9 +2,11 @@
 OTEL_EXPORTER_OTLP_* variables are set), and one small HTTP server for /metrics, /healthz and /readyz."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,6 +66,23 @@ def setup_telemetry(service_instance_id: str) -> None:
 
 
 Check = Callable[[], list[str]]
+
+
+def bind_failure(err: OSError) -> str:
+    """`address already in use`, not `[Errno 98] Address already in use`: a clause for a one-line error."""
+    if err.errno == errno.EADDRINUSE:
+        return "address already in use"
+    return (err.strerror or str(err)).lower()
+
+
+def probe_bind(host: str, port: int) -> str:
+    """Why (host, port) cannot be bound, found by trying: for servers (gRPC) that do not say why."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            return bind_failure(err)
+    return "the server could not bind it"
 
 
 class HttpServer:

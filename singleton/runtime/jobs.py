@@ -10,12 +10,13 @@ import concurrent.futures
 import inspect
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from singleton.backends.abc import Backend
+from singleton.core.clock import Clock, SystemClock
+from singleton.core.term import RunningJob
 from singleton.runtime.telemetry import tracer
 
 log = logging.getLogger("singleton")
@@ -66,84 +67,144 @@ def is_async_job(job: JobFn) -> bool:
     return inspect.iscoroutinefunction(job) or inspect.iscoroutinefunction(getattr(job, "__call__", None))
 
 
+@dataclass
+class _Tick:
+    ctx: TickContext
+    started_at: float
+    finished: threading.Event = field(default_factory=threading.Event)
+    future: concurrent.futures.Future[Any] | None = None
+    cancelled_at: float | None = None
+
+
 class JobRunner:
-    def __init__(self, job: JobFn, on_done: DoneFn) -> None:
+    """One tick at a time. Sync jobs get a thread of their own per tick; async jobs run on the caller's event
+    loop when the replica was started from asyncio (`run_async`, `async with`), else on a private loop thread.
+
+    Never lets a job's exception escape, not even SystemExit or KeyboardInterrupt: the job is the user's, the
+    replica is ours. `busy()` turns false whatever way the job ends.
+    """
+
+    def __init__(self, job: JobFn, on_done: DoneFn, clock: Clock | None = None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._job, self._on_done = job, on_done
+        self._clock = clock or SystemClock()
         self._async = is_async_job(job)
         self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._running: tuple[TickContext, threading.Event, concurrent.futures.Future[Any] | None] | None = None
+        self._caller_loop = loop
+        self._own_loop: asyncio.AbstractEventLoop | None = None
+        self._own_loop_thread: threading.Thread | None = None
+        self._tick: _Tick | None = None
 
     def busy(self) -> bool:
         with self._lock:
-            return self._running is not None and not self._running[1].is_set()
+            return self._tick is not None and not self._tick.finished.is_set()
+
+    def running(self) -> RunningJob | None:
+        """The tick in flight, if any, for the timeout rules (core.term)."""
+        with self._lock:
+            tick = self._tick
+            if tick is None or tick.finished.is_set():
+                return None
+            return RunningJob(tick.ctx.slot, tick.started_at, tick.cancelled_at)
 
     def start(self, ctx: TickContext) -> None:
-        finished = threading.Event()
         with self._lock:
-            if self._running is not None and not self._running[1].is_set():
+            if self._tick is not None and not self._tick.finished.is_set():
                 raise RuntimeError("a tick is already running")  # the ticker checks busy() first
-            started = time.monotonic()
+            tick = _Tick(ctx, self._clock.monotonic())
             if self._async:
-                future = asyncio.run_coroutine_threadsafe(self._run_async(ctx, started, finished), self._event_loop())
-                self._running = (ctx, finished, future)
-            else:
-                self._running = (ctx, finished, None)
-                threading.Thread(target=self._run_sync, args=(ctx, started, finished), daemon=True,
-                                 name=f"singleton-job-{ctx.slot}").start()
+                coro = self._run_async(tick)
+                try:
+                    tick.future = asyncio.run_coroutine_threadsafe(coro, self._event_loop())
+                except BaseException:
+                    coro.close()
+                    raise
+                self._tick = tick
+        if tick.future is not None:
+            # A task cancelled before its first step never enters the coroutine (nor its `finally`).
+            tick.future.add_done_callback(lambda _f: self._finish(tick, None))
+        else:
+            with self._lock:
+                thread = threading.Thread(target=self._run_sync, args=(tick,), daemon=True,
+                                          name=f"singleton-job-{ctx.slot}")
+                thread.start()  # may raise (no more threads): the ticker steps down on it
+                self._tick = tick
 
-    async def _run_async(self, ctx: TickContext, started: float, finished: threading.Event) -> None:
+    async def _run_async(self, tick: _Tick) -> None:
         error: BaseException | None = None
-        with tick_span(ctx) as span:
-            try:
-                await self._job(ctx)
-            except asyncio.CancelledError:
-                pass  # we cancelled it on step-down: not a job failure
-            except Exception as exc:  # noqa: BLE001 - reported, the ticker goes on
-                error = exc
-            span.set_attribute("singleton.outcome", outcome(ctx, error))
-        self._finish(ctx, started, finished, error)
-
-    def _run_sync(self, ctx: TickContext, started: float, finished: threading.Event) -> None:
-        error: BaseException | None = None
-        with tick_span(ctx) as span:
-            try:
-                result = self._job(ctx)
-                if inspect.isawaitable(result):  # a plain function that returned a coroutine
-                    asyncio.run_coroutine_threadsafe(result, self._event_loop()).result()  # type: ignore[arg-type]
-            except BaseException as exc:  # noqa: BLE001 - the job's failure is reported, the ticker goes on
-                error = exc
-            span.set_attribute("singleton.outcome", outcome(ctx, error))
-        self._finish(ctx, started, finished, error)
-
-    def _finish(self, ctx: TickContext, started: float, finished: threading.Event, error: BaseException | None) -> None:
-        duration = time.monotonic() - started
-        finished.set()
         try:
-            self._on_done(ctx, duration, error)
+            with tick_span(tick.ctx) as span:
+                try:
+                    await self._job(tick.ctx)
+                except asyncio.CancelledError:
+                    pass  # we cancelled it on step-down: not a job failure
+                except BaseException as exc:  # noqa: BLE001 - SystemExit too: it must not stop the shared loop
+                    error = exc
+                span.set_attribute("singleton.outcome", outcome(tick.ctx, error))
+        finally:
+            self._finish(tick, error)
+
+    def _run_sync(self, tick: _Tick) -> None:
+        error: BaseException | None = None
+        try:
+            with tick_span(tick.ctx) as span:
+                try:
+                    result = self._job(tick.ctx)
+                    if inspect.isawaitable(result):  # a plain function that returned a coroutine
+                        asyncio.run_coroutine_threadsafe(result, self._event_loop()).result()  # type: ignore[arg-type]
+                except BaseException as exc:  # noqa: BLE001 - the job's failure is reported, the ticker goes on
+                    error = exc
+                span.set_attribute("singleton.outcome", outcome(tick.ctx, error))
+        finally:
+            self._finish(tick, error)
+
+    def _finish(self, tick: _Tick, error: BaseException | None) -> None:
+        with self._lock:
+            if tick.finished.is_set():
+                return  # reported already
+            tick.finished.set()
+        duration = self._clock.monotonic() - tick.started_at
+        try:
+            self._on_done(tick.ctx, duration, error)
         except Exception:  # pragma: no cover - reporting must never kill the job thread
             log.exception("tick report failed")
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-            threading.Thread(target=self._loop.run_forever, daemon=True, name="singleton-async-jobs").start()
-        return self._loop
+        if self._caller_loop is not None:
+            if self._caller_loop.is_closed():
+                raise RuntimeError("the event loop the replica was started from is closed")
+            return self._caller_loop
+        if self._own_loop is None:
+            self._own_loop = asyncio.new_event_loop()
+            self._own_loop_thread = threading.Thread(target=self._own_loop.run_forever, daemon=True,
+                                                     name="singleton-async-jobs")
+            self._own_loop_thread.start()
+        return self._own_loop
 
     def cancel(self) -> None:
         """Tell the running tick to stop: its cancel event is set, an async job's task is cancelled."""
         with self._lock:
-            running = self._running
-        if running is not None and not running[1].is_set():
-            running[0].cancel_event.set()
-            if running[2] is not None:
-                running[2].cancel()
+            tick = self._tick
+            if tick is None or tick.finished.is_set():
+                return
+            if tick.cancelled_at is None:
+                tick.cancelled_at = self._clock.monotonic()
+        tick.ctx.cancel_event.set()
+        if tick.future is not None:
+            tick.future.cancel()
 
     def wait_idle(self, timeout_s: float) -> bool:
         with self._lock:
-            running = self._running
-        return running is None or running[1].wait(timeout_s)
+            tick = self._tick
+        return tick is None or tick.finished.wait(max(0.0, timeout_s))
 
     def close(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        """Stop and close the private loop (a job still on it is abandoned: the process is ending)."""
+        loop, thread = self._own_loop, self._own_loop_thread
+        self._own_loop = self._own_loop_thread = None
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=1.0)
+        if not thread.is_alive():
+            loop.close()

@@ -1,7 +1,8 @@
 """One leadership term: the keepalive thread, the every-second ticker, and the step-down.
 
 The ticker runs on the thread that won; the keepalive runs on its own thread and only records into the
-LeaseKeeper, which the ticker consults before every tick. Neither waits on the job.
+LeaseKeeper, which the ticker consults before every tick. Neither waits on the job, nor on a user callback.
+What to do and in which order is decided in `core.term`; this module only carries it out.
 """
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from singleton.backends.abc import Backend
 from singleton.core.clock import Clock
 from singleton.core.config import Config
 from singleton.core.election import Election, Term
-from singleton.core.errors import BackendError
-from singleton.runtime.jobs import JobRunner, TickContext
+from singleton.core.errors import BackendError, WatchCompacted
 from singleton.core.lease import StepDownReason
 from singleton.core.records import Handover
+from singleton.core.term import Act, JobVerdict, StepDown, job_deadline, job_verdict
+from singleton.core.ticker import SlotPlan, Verdict, check_due, first_plan, plan_next
+from singleton.runtime.jobs import JobRunner, TickContext
 from singleton.runtime.telemetry import Stats
-from singleton.core.ticker import Verdict, check_due, first_plan, plan_next
 
 log = logging.getLogger("singleton")
 
@@ -28,6 +30,7 @@ log = logging.getLogger("singleton")
 class TermOutcome:
     reason: StepDownReason
     last_started_slot: int | None
+    job_left_running: bool = False  # a job ignored its cancel: the lease was left to run out
 
 
 class Leadership:
@@ -39,8 +42,8 @@ class Leadership:
         self.election, self.term, self.jobs, self.stats = election, term, jobs, stats
         self._wake = wake  # set by the keepalive after each renewal and by stop()/resign()
         self._stop_reason = stop_reason
-        self._on_step_down = on_step_down  # told as soon as ticking stops, before the slow clean-up
-        self._over = threading.Event()
+        self._on_step_down = on_step_down  # posts to the listeners' thread; never blocks
+        self._over = threading.Event()  # ends the keepalive and the resign watch
         self.last_started_slot: int | None = None
         self.last_tick_wall: float | None = None
         # Heartbeats of the two loops, read by /healthz: a wedged loop stops beating.
@@ -83,18 +86,40 @@ class Leadership:
         if kv is None or kv.create_revision != self.term.fencing_token:
             self.term.keeper.mark_lost(StepDownReason.LEADERSHIP_LOST)
 
-    # --- the ticker ------------------------------------------------------------------------------------
-    def _resign_watch(self, start_revision: int, request_resign: Callable[[], None]) -> None:
-        """`singleton resign` writes our token to the resign key; a watch (not a poll) brings it here."""
-        try:
-            for event in self.backend.watch(self.config.resign_key, start_revision, self._over):
-                if not event.deleted and event.kv.value == str(self.term.fencing_token).encode():
-                    log.info("resign requested through etcd %s", self._tag)
-                    request_resign()
-                    return
-        except BackendError as err:
-            log.info("resign watch ended %s: %s", self._tag, err)
+    # --- resign requests ------------------------------------------------------------------------------
+    def _asks_us_to_resign(self, value: bytes) -> bool:
+        return value == str(self.term.fencing_token).encode()
 
+    def _resign_watch(self, start_revision: int, request_resign: Callable[[], None]) -> None:
+        """`singleton resign` writes our token to the resign key; a watch (not a poll) brings it here. The watch
+        outlives compaction and broken streams: it re-reads the key and goes on from there."""
+        key, revision = self.config.resign_key, start_revision
+        while not self._over.is_set():
+            try:
+                for event in self.backend.watch(key, revision, self._over):
+                    revision = event.revision + 1
+                    if not event.deleted and self._asks_us_to_resign(event.kv.value):
+                        log.info("resign requested through etcd %s", self._tag)
+                        request_resign()
+                        return
+                return
+            except WatchCompacted as err:
+                log.info("resign watch restarts after compaction %s: %s", self._tag, err)
+            except BackendError as err:
+                log.info("resign watch restarts %s: %s", self._tag, err)
+                if self._over.wait(0.5):
+                    return
+            try:  # what the lost history may have said is in the key as it stands now
+                kv, read_at = self.backend.get(key, self.config.call_timeout_s)
+            except BackendError:
+                continue
+            if kv is not None and self._asks_us_to_resign(kv.value):
+                log.info("resign requested through etcd %s", self._tag)
+                request_resign()
+                return
+            revision = read_at + 1
+
+    # --- the term -------------------------------------------------------------------------------------
     def run(self, first_sent_at: float, handover_last_slot: int | None, won_revision: int,
             request_resign: Callable[[], None]) -> TermOutcome:
         keepalive = threading.Thread(target=self._keepalive_loop, args=(first_sent_at,), daemon=True,
@@ -102,33 +127,44 @@ class Leadership:
         keepalive.start()
         threading.Thread(target=self._resign_watch, args=(won_revision + 1, request_resign), daemon=True,
                          name="singleton-resign-watch").start()
+        left_running = False
         try:
-            reason = self._tick_until_step_down(handover_last_slot)
-            self._step_down(reason, keepalive)
+            try:
+                reason = self._tick_until_step_down(handover_last_slot)
+            except Exception:  # noqa: BLE001 - the term must still end cleanly; the cause is logged
+                log.exception("the tick loop failed %s; stepping down", self._tag)
+                reason = StepDownReason.TICKER_FAILED
+            left_running = self._step_down(reason)
         finally:
             self._over.set()  # the keepalive and resign watch end with the term, whatever happened
-        return TermOutcome(reason, self.last_started_slot)
+        keepalive.join(timeout=self.config.renewal_deadline_s + 1.0)
+        return TermOutcome(reason, self.last_started_slot, left_running)
 
     def _tick_until_step_down(self, handover_last_slot: int | None) -> StepDownReason:
         cfg, clock, keeper = self.config, self.clock, self.term.keeper
         plan = first_plan(clock.wall(), clock.monotonic(), handover_last_slot)
         log.info("first slot %d %s", plan.slot, self._tag)
+        step_reported: SlotPlan | None = None
         while True:
             self._wake.clear()
             mono, wall = clock.monotonic(), clock.wall()
             self.ticker_beat = mono
             # The lease check runs right before every tick, so a process that was paused past its lease
             # (GC, SIGSTOP, VM freeze) steps down instead of ticking.
-            reason = self._stop_reason() or self.election.check(mono)
+            reason = self._stop_reason() or self.election.check(mono) or self._check_job(mono)
             if reason is not None:
                 return reason
             due = check_due(plan, wall, mono)
-            if due.clock_step_s:
+            if due.clock_step_s and step_reported is not plan:
+                step_reported = plan  # once per step, not on every wake-up of the same wait
                 log.warning("wall clock stepped by %+.3f s %s; slots keep their order", due.clock_step_s, self._tag)
             if due.verdict is Verdict.WAIT:
-                # Wake for the slot, or when the lease reaches its margin, whichever is first.
-                margin_in = keeper.remaining_s(mono) - cfg.min_remaining_ttl_s
-                self._wake.wait(max(0.0, min(due.wait_s, margin_in + 0.001)))
+                # Wake for the slot, when the lease reaches its margin, or when the job's deadline passes.
+                wake_in = min(due.wait_s, keeper.remaining_s(mono) - cfg.min_remaining_ttl_s + 0.001)
+                deadline = job_deadline(self.jobs.running(), cfg.job_timeout_s, cfg.job_cancel_grace_s)
+                if deadline is not None:
+                    wake_in = min(wake_in, deadline - mono + 0.001)
+                self._wake.wait(max(0.0, wake_in))
                 continue
             if due.verdict is Verdict.TOO_LATE:
                 self.stats.tick("late")
@@ -144,43 +180,69 @@ class Leadership:
                 self.stats.tick("run", due.lateness_s)
             plan = plan_next(plan.slot, clock.wall(), clock.monotonic())
 
+    def _check_job(self, now: float) -> StepDownReason | None:
+        """Cancel a job past its timeout; a job that ignores the cancel for the grace period ends the term."""
+        cfg = self.config
+        running = self.jobs.running()
+        verdict = job_verdict(running, now, cfg.job_timeout_s, cfg.job_cancel_grace_s)
+        if verdict is JobVerdict.CANCEL and running is not None:
+            log.warning("slot %d ran past its timeout of %g s: cancelling it %s", running.slot, cfg.job_timeout_s,
+                        self._tag)
+            self.stats.tick("timed_out")
+            self.jobs.cancel()
+        elif verdict is JobVerdict.HUNG:
+            return StepDownReason.JOB_HUNG
+        return None
+
     # --- stepping down -------------------------------------------------------------------------------
-    def _step_down(self, reason: StepDownReason, keepalive: threading.Thread) -> None:
-        cfg, keeper = self.config, self.term.keeper
+    def _step_down(self, reason: StepDownReason) -> bool:
+        """Carry out core.term.StepDown; True when a job ignored its cancel and the lease was left to lapse."""
+        cfg, keeper, clock = self.config, self.term.keeper, self.clock
         self.election.step_down(reason)
         self.stats.stepped_down(reason.value)
-        log.warning("stepping down (%s) %s remaining=%.2fs", reason.value, self._tag,
-                    keeper.remaining_s(self.clock.monotonic()))
-        self._on_step_down(reason)
-        if reason.graceful:
-            self._finish_tick_while_renewing(cfg.stop_timeout_s)
-            self._over.set()
-            self._resign()
-        else:
-            self._over.set()
-            self.jobs.cancel()  # the lease may be about to lapse: the job must stop writing now
+        running = self.jobs.running()
+        plan = StepDown(reason, clock.monotonic(), stop_timeout_s=cfg.stop_timeout_s,
+                        cancel_grace_s=cfg.job_cancel_grace_s,
+                        job_cancelled_at=running.cancelled_at if running else None)
+        log_at = logging.INFO if reason.graceful else logging.WARNING
+        log.log(log_at, "stepping down (%s) %s remaining=%.2fs", reason.value, self._tag,
+                keeper.remaining_s(clock.monotonic()))
+        while True:
+            now = clock.monotonic()
+            trouble = keeper.step_down_reason(now)
+            step = plan.next(now, job_busy=self.jobs.busy(), lease_ok=trouble is None)
+            if step.act is Act.DONE:
+                return plan.job_left_running
+            if step.act is Act.CANCEL_JOB:
+                why = trouble.value if trouble and reason.graceful else reason.value
+                log.warning("cancelling the running tick (%s) %s", why, self._tag)
+                if trouble is not None and reason.graceful:
+                    self.election.step_down(trouble)  # the graceful stop became a forced one
+                self.jobs.cancel()
+            elif step.act is Act.NOTIFY:
+                self._on_step_down(reason)
+            elif step.act is Act.WAIT_FOR_JOB:
+                # Short waits: a lease in trouble meanwhile must turn this into a forced step-down at once.
+                self.jobs.wait_idle(min(step.wait_s, 0.05))
+            elif step.act is Act.HAND_OVER:
+                self._hand_over()
+            elif step.act is Act.STOP_RENEWING:
+                self._over.set()
+            elif step.act is Act.REVOKE:
+                self._revoke()
+            elif step.act is Act.LET_LEASE_LAPSE:
+                log.warning("the tick of slot %s ignored its cancel and still runs: not releasing lease %x, it "
+                            "expires by itself in %.1f s; a standby cannot start beside it %s",
+                            self.last_started_slot, keeper.lease_id, keeper.remaining_s(now), self._tag)
+
+    def _revoke(self) -> None:
+        keeper = self.term.keeper
         try:
-            self.backend.revoke_lease(keeper.lease_id, cfg.call_timeout_s)
+            self.backend.revoke_lease(keeper.lease_id, self.config.call_timeout_s)
         except BackendError as err:
             log.warning("could not revoke lease %x (it expires by itself) %s: %s", keeper.lease_id, self._tag, err)
-        keepalive.join(timeout=cfg.renewal_deadline_s + 1.0)
 
-    def _finish_tick_while_renewing(self, timeout_s: float) -> None:
-        """Let the tick in flight finish, keeping the lease alive meanwhile (the keepalive thread still
-        runs): a standby must not take over while it runs. Cancel it at the timeout, or at once if the
-        lease gets into trouble while we wait."""
-        deadline = self.clock.monotonic() + timeout_s
-        while not self.jobs.wait_idle(0.05):
-            now = self.clock.monotonic()
-            trouble = self.term.keeper.step_down_reason(now)
-            if trouble is not None or now >= deadline:
-                log.warning("cancelling the running tick (%s) %s",
-                            trouble.value if trouble else f"still running after {timeout_s:g} s", self._tag)
-                self.jobs.cancel()
-                self.jobs.wait_idle(1.0)
-                return
-
-    def _resign(self) -> None:
+    def _hand_over(self) -> None:
         """Leave the handover record and delete the leader key in one transaction, so the standby that
         sees the delete also learns which slot comes next."""
         cfg = self.config

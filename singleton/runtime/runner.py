@@ -15,11 +15,12 @@ from singleton.backends.abc import Backend, CampaignResult
 from singleton.core.clock import Clock, SystemClock
 from singleton.core.config import Config
 from singleton.core.election import Election, Role, Term
-from singleton.core.errors import BackendError, WatchCompacted
+from singleton.core.errors import BackendError, ConfigError, WatchCompacted
 from singleton.runtime.jobs import JobFn, JobRunner, TickContext
 from singleton.runtime.leadership import Leadership
+from singleton.runtime.listeners import Listeners
 from singleton.core.lease import LeaseKeeper, StepDownReason
-from singleton.core.records import decode_handover, leader_record
+from singleton.core.records import decode_handover, decode_leader, leader_record
 from singleton.runtime.status import StatusMixin
 from singleton.runtime.telemetry import Stats, register_gauges, tracer
 
@@ -61,12 +62,18 @@ class Singleton(StatusMixin):
         self._runner_thread: threading.Thread | None = None
         self._status_changed = threading.Condition()
         self._status_version = 0
+        self._listeners = Listeners()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the caller's, when started from asyncio
+        self._jobs: JobRunner | None = None
         self.replica_id = config.replica_id
         register_gauges(self)
 
     # --- registration and listeners -----------------------------------------------------------------
     def job(self, fn: JobFn) -> JobFn:
-        """Decorator: register the function run on every tick."""
+        """Decorator: register the function run on every tick (one job per Singleton)."""
+        if self._job is not None:
+            raise ConfigError(f"a job is already registered ({getattr(self._job, '__qualname__', self._job)!r}); "
+                              f"one Singleton runs one job")
         self._job = fn
         return fn
 
@@ -89,17 +96,20 @@ class Singleton(StatusMixin):
 
     # --- running ---------------------------------------------------------------------------------------
     def run(self, *, handle_signals: bool = True) -> None:
-        """Block until stopped. In the main thread, SIGTERM and SIGINT stop it gracefully."""
+        """Block until stopped. In the main thread, SIGTERM and SIGINT stop it gracefully; the previous
+        handlers are back when it returns."""
         if self._job is None:
             raise TypeError("no job registered: pass job= or decorate a function with @singleton.job")
-        if handle_signals and threading.current_thread() is threading.main_thread():
-            self._install_signal_handlers()
-        jobs = JobRunner(self._job, self._job_done)
+        restore = self._install_signal_handlers() if handle_signals and \
+            threading.current_thread() is threading.main_thread() else {}
+        jobs = self._jobs = JobRunner(self._job, self._job_done, self.clock, loop=self._loop)
         self._runner_thread = threading.current_thread()
         log.info("replica %s starting for %s on %s", self.config.replica_id, self.config.leader_key,
                  ",".join(map(str, self.config.endpoints)))
         try:
             while not self._stop.is_set():
+                if not self._wait_for_job_to_end(jobs):
+                    break
                 won = self._campaign_until_decided()
                 if won is None:
                     break
@@ -109,10 +119,27 @@ class Singleton(StatusMixin):
             if self.election.role is not Role.STOPPED:
                 self.election.stop()
             self._changed()
-            jobs.wait_idle(self.config.stop_timeout_s)
+            # The step-down already waited for the tick in flight (bounded): no second wait here.
+            self._listeners.drain(self.config.stop_timeout_s)
+            self._listeners.close()
             jobs.close()
             self.backend.close()
+            for signum, previous in restore.items():
+                signal.signal(signum, previous)
             log.info("replica %s stopped", self.config.replica_id)
+
+    def _wait_for_job_to_end(self, jobs: JobRunner) -> bool:
+        """A job that ignored its cancel still runs: do not stand for election beside it. False if stopped."""
+        running = jobs.running()
+        if running is None:
+            return True
+        log.warning("not standing for election while the tick of slot %d still runs (it ignored its cancel)",
+                    running.slot)
+        while not self._stop.is_set():
+            if jobs.wait_idle(0.5):
+                log.info("the tick of slot %d has ended; standing for election again", running.slot)
+                return True
+        return False
 
     def start(self) -> None:
         """Run in a background thread."""
@@ -142,24 +169,37 @@ class Singleton(StatusMixin):
         self.stop()
 
     async def run_async(self) -> None:
-        await asyncio.to_thread(self.run, handle_signals=False)
+        """Run until stopped, from asyncio. Async jobs and callbacks run on this event loop (so they can use
+        clients and locks made on it). Cancelling the task stops the replica gracefully, then re-raises."""
+        self._use_loop(asyncio.get_running_loop())
+        task = asyncio.ensure_future(asyncio.to_thread(self.run, handle_signals=False))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._stop.set()
+            self._wake.set()
+            await task  # bounded: the stop finishes or cancels the tick, hands over, revokes
+            raise
+
+    def _use_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = self._listeners.loop = loop
 
     async def __aenter__(self) -> Singleton:
+        self._use_loop(asyncio.get_running_loop())
         self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.stop)
 
-    def _install_signal_handlers(self) -> None:
+    def _install_signal_handlers(self) -> dict[int, Any]:
         def handler(signum: int, _frame: object) -> None:
             if self._stop.is_set():  # a second signal: the operator insists
                 os._exit(128 + signum)
             log.info("received %s: stopping gracefully", signal.Signals(signum).name)
             self.stop()
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        return {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     # --- following -----------------------------------------------------------------------------------
     def _retrying(self) -> tenacity.Retrying:
@@ -237,6 +277,11 @@ class Singleton(StatusMixin):
             return  # vanished between our transaction and now: campaign again at once
         holder = lost.leader
         log.info("standing by: token %d holds %s", holder.create_revision, self.config.leader_key)
+        record = decode_leader(holder.value)
+        if record is not None and record.replica_id == self.config.replica_id:
+            # Not us (our lease lost the campaign): two replicas were given the same id.
+            log.error("another replica leads with our id %r (lease %x): give every replica its own --id",
+                      record.replica_id, holder.lease_id)
         start = lost.revision + 1
         while not self._stop.is_set():
             try:
@@ -271,7 +316,7 @@ class Singleton(StatusMixin):
                                 self._requested_step_down, self._stepping_down)
         self._leadership = leadership
         self._changed()
-        self._notify(self._on_elected, term.fencing_token)
+        self._listeners.post(self._on_elected, term.fencing_token)  # never waits: the keepalive starts now
         try:
             outcome = leadership.run(sent_at, self._handover_slot(result), result.revision, self.resign)
         finally:
@@ -284,8 +329,11 @@ class Singleton(StatusMixin):
             return
         self.election.stepped_down()
         self._changed()
-        if outcome.reason is StepDownReason.RESIGNED:
-            self._stop.wait(1.0)  # give the standbys the first shot at the vacancy we just made
+        if self._stop.is_set():
+            self.election.stop()
+        elif outcome.reason in (StepDownReason.RESIGNED, StepDownReason.TICKER_FAILED):
+            # Resigned: give the standbys the first shot at the vacancy. Failed: do not retry in a tight loop.
+            self._stop.wait(1.0)
 
     def _handover_slot(self, result: CampaignResult) -> int | None:
         """The predecessor's last slot, only if its handover is the very delete we were woken by."""
@@ -297,7 +345,7 @@ class Singleton(StatusMixin):
 
     def _stepping_down(self, reason: StepDownReason) -> None:
         self._changed()
-        self._notify(self._on_stepped_down, reason)
+        self._listeners.post(self._on_stepped_down, reason)
 
     def _requested_step_down(self) -> StepDownReason | None:
         if self._stop.is_set():
@@ -311,10 +359,3 @@ class Singleton(StatusMixin):
         if error is not None:
             log.error("job failed in slot %d replica=%s token=%d", ctx.slot, ctx.replica_id, ctx.fencing_token,
                       exc_info=error)
-
-    def _notify(self, listeners: list[Any], arg: Any) -> None:
-        for fn in listeners:
-            try:
-                fn(arg)
-            except Exception:
-                log.exception("listener %r failed", fn)

@@ -17,6 +17,7 @@ from singleton.runtime.telemetry import GaugeSource, Stats
 
 if TYPE_CHECKING:
     from singleton.backends.abc import Backend
+    from singleton.runtime.jobs import JobRunner
     from singleton.runtime.leadership import Leadership
 
 
@@ -40,6 +41,7 @@ class StatusMixin(GaugeSource):
     stats: Stats
     backend: Backend
     _leadership: Leadership | None
+    _jobs: JobRunner | None
     _leader_seen: tuple[str, int]
     _last_tick: tuple[int, float]
     _runner_thread: threading.Thread | None
@@ -103,9 +105,14 @@ class StatusMixin(GaugeSource):
         thread = self._runner_thread
         if thread is None or not thread.is_alive():
             problems.append("the replica loop is not running")
+        now, cfg = self.clock.monotonic(), self.config
+        running = self._jobs.running() if self._jobs is not None else None
+        if running is not None and running.cancelled_at is not None \
+                and now - running.cancelled_at >= cfg.job_cancel_grace_s:
+            problems.append(f"the tick of slot {running.slot} still runs {now - running.cancelled_at:.1f} s after it "
+                            f"was told to cancel (hung job; restart the process)")
         leadership = self._leadership
         if leadership is not None:
-            now, cfg = self.clock.monotonic(), self.config
             if now - leadership.ticker_beat > 3.0:  # it wakes at least once a second
                 problems.append(f"ticker loop stuck for {now - leadership.ticker_beat:.1f} s")
             keepalive_bound = cfg.keepalive_interval_s + 2 * cfg.renewal_deadline_s + 2.0

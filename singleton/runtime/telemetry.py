@@ -108,6 +108,6 @@ class Stats:
         with self._lock:
             out = {"elections_won": self.elections_won, "renewals_failed": self.renewals_failed,
                    "step_downs": sum(self.step_downs.values())}
-            for outcome in ("run", "ok", "failed", "skipped", "late"):
+            for outcome in ("run", "ok", "failed", "skipped", "late", "timed_out"):
                 out[f"ticks_{outcome}"] = self.ticks[outcome]
             return out

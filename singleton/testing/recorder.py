@@ -1,60 +1,48 @@
 """In-process helpers for tests of Singletons: a recording job with the safety checks, and a bounded wait."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from singleton import Config, Singleton, TickContext
-
-FAST = {"lease_ttl_s": 3, "keepalive_interval_s": 1.0, "min_remaining_ttl_s": 0.6}
-
-
-@dataclass
-class Run:
-    replica: str
-    token: int
-    slot: int
-    start: float
-    end: float | None = None
+from singleton.core.timings import FAST, Timings
+from singleton.dev.ledger import Tick, safety_violations
 
 
 @dataclass
 class Recorder:
-    """A job that records every tick with monotonic start/end, shared by several replicas."""
+    """A job that records every tick, with monotonic start and end, as the tick ledger does; shared by
+    several replicas of one process."""
 
     hold_s: float = 0.05
-    runs: list[Run] = field(default_factory=list)
+    runs: list[Tick] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self, ctx: TickContext) -> None:
-        run = Run(ctx.replica_id, ctx.fencing_token, ctx.slot, time.monotonic())
+        run = Tick(ctx.replica_id, os.getpid(), ctx.fencing_token, ctx.slot, time.monotonic(), time.time())
         with self.lock:
             self.runs.append(run)
         ctx.cancel_event.wait(self.hold_s)
-        run.end = time.monotonic()
+        run.end_mono = time.monotonic()
 
-    def by(self, replica: str) -> list[Run]:
+    def by(self, replica: str) -> list[Tick]:
         with self.lock:
             return [r for r in self.runs if r.replica == replica]
 
     def assert_safe(self) -> None:
-        """No two ticks at once, no slot twice, tokens grow with each change of leader."""
+        """The ledger's invariants: no two ticks at once, no slot twice, tokens grow with each change of leader."""
         with self.lock:
-            runs = sorted(self.runs, key=lambda r: r.start)
-        for a, b in zip(runs, runs[1:]):
-            assert a.end is None or b.start >= a.end, f"overlap: {a} and {b}"
-        slots = [r.slot for r in runs]
-        assert len(slots) == len(set(slots)), f"a slot ran twice: {slots}"
-        tokens = [r.token for r in runs]
-        changes = [b for a, b in zip(tokens, tokens[1:]) if a != b]
-        assert all(y > x for x, y in zip([tokens[0], *changes] if tokens else [], changes)), tokens
+            problems = safety_violations(self.runs)
+        assert not problems, "; ".join(problems)
 
 
 def make(endpoints: object, name: str, replica: str, job: Callable[[TickContext], object],
-         **timings: float) -> Singleton:
-    return Singleton(Config(endpoints=endpoints, name=name, replica_id=replica, **timings), job)  # type: ignore[arg-type]
+         timings: Timings = FAST, **overrides: float) -> Singleton:
+    kwargs = {**timings.config_kwargs(), **overrides}
+    return Singleton(Config(endpoints=endpoints, name=name, replica_id=replica, **kwargs), job)  # type: ignore[arg-type]
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> None:

@@ -1,0 +1,127 @@
+"""The etcd watch: one stream on one member at a time, restarted elsewhere from the last revision it
+delivered when that member fails or falls silent, so no event is lost."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from etcd3.etcdrpc import kv_pb2 as kv_pb
+from etcd3.etcdrpc import rpc_pb2 as pb
+from etcd3.etcdrpc import rpc_pb2_grpc as pb_grpc
+
+from singleton.backends.abc import KeyValue, WatchEvent
+from singleton.backends.etcd.errors import PERMISSION_DENIED, translate
+from singleton.core.errors import AuthError, BackendError, BackendTimeout, BackendUnavailable, WatchCompacted
+
+if TYPE_CHECKING:
+    from singleton.backends.etcd.client import EtcdBackend
+
+log = logging.getLogger("singleton.backends.etcd")
+
+
+def kv_of(kv: Any) -> KeyValue:
+    """etcd's KeyValue message as ours (used by the unary calls too)."""
+    return KeyValue(kv.key.decode(), bytes(kv.value), kv.create_revision, kv.mod_revision, kv.lease)
+
+
+def watch(backend: EtcdBackend, key: str, start_revision: int, stop: threading.Event) -> Iterator[WatchEvent]:
+    next_revision = start_revision
+    failures = 0
+    while not stop.is_set():
+        with backend._lock:
+            index = backend._current
+        try:
+            for event in _WatchStream(backend, index, key, next_revision, stop):
+                failures = 0
+                next_revision = event.revision + 1
+                yield event
+        except WatchCompacted:
+            raise
+        except BackendError as err:
+            failures += 1
+            backend._rotate_from(index)
+            log.warning("watch on %s broke (%s); restarting from revision %d on %s", key, err, next_revision,
+                        backend._endpoints[(index + 1) % len(backend._endpoints)])
+            # Straight to the next member; back off only once every member has failed in a row.
+            if failures >= len(backend._endpoints):
+                stop.wait(min(0.2 * failures, 2.0))
+
+
+class _WatchStream:
+    """One watch stream on one member. A reader thread hands responses over a queue, so that the
+    consumer can notice a silent member: when nothing arrives for a while it asks for a progress
+    notification, and a member that does not answer that in time is given up on."""
+
+    def __init__(self, backend: EtcdBackend, index: int, key: str, start_revision: int,
+                 stop: threading.Event) -> None:
+        self._backend, self._index, self._stop = backend, index, stop
+        self._where = f"watch {key} via {backend._endpoints[index]}"
+        self._requests: queue.Queue[Any] = queue.Queue()
+        self._requests.put(pb.WatchRequest(create_request=pb.WatchCreateRequest(
+            key=key.encode(), start_revision=start_revision)))
+        self._responses: queue.Queue[Any] = queue.Queue()
+
+    def _request_iter(self) -> Iterator[Any]:
+        while True:
+            item = self._requests.get()
+            if item is None:
+                return
+            yield item
+
+    def _read(self, call: Any) -> None:
+        try:
+            for resp in call:
+                self._responses.put(resp)
+            self._responses.put(BackendUnavailable(f"{self._where}: stream ended"))
+        except grpc.RpcError as err:
+            self._responses.put(translate(err, self._where))
+
+    def _canceled(self, reason: str, metadata: list[tuple[str, str]]) -> BackendError:
+        # etcd cancels a watch created with a token it no longer knows as "permission denied" (it says
+        # nothing about the token): drop ours so the restart authenticates afresh.
+        if reason.endswith(f"desc = {PERMISSION_DENIED}"):
+            self._backend._forget_token(metadata)
+            return AuthError(f"{self._where}: canceled by server: {reason}")
+        return BackendUnavailable(f"{self._where}: canceled by server: {reason}")
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        backend = self._backend
+        channel = backend._channel(self._index)
+        try:
+            metadata = backend._metadata(channel, time.monotonic() + backend._watch_check_timeout_s)
+        except grpc.RpcError as err:
+            raise translate(err, self._where) from err
+        call = pb_grpc.WatchStub(channel).Watch(self._request_iter(), metadata=metadata)
+        threading.Thread(target=self._read, args=(call,), daemon=True, name="singleton-watch-reader").start()
+        last_heard, asked_at = time.monotonic(), None
+        try:
+            while not self._stop.is_set():
+                try:
+                    item = self._responses.get(timeout=0.1)
+                except queue.Empty:
+                    now = time.monotonic()
+                    if asked_at is not None and now - asked_at > backend._watch_check_timeout_s:
+                        raise BackendTimeout(f"{self._where}: member silent for {now - last_heard:.1f} s") from None
+                    if asked_at is None and now - last_heard > backend._watch_check_interval_s:
+                        self._requests.put(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
+                        asked_at = now
+                    continue
+                if isinstance(item, BackendError):
+                    raise item
+                last_heard, asked_at = time.monotonic(), None
+                backend.last_ok_at = last_heard
+                if item.compact_revision:
+                    raise WatchCompacted(f"{self._where}: compacted at revision {item.compact_revision}")
+                if item.canceled:
+                    raise self._canceled(item.cancel_reason, metadata)
+                for ev in item.events:
+                    kv = kv_of(ev.kv)
+                    yield WatchEvent(ev.type == kv_pb.Event.DELETE, kv.mod_revision, kv)
+        finally:
+            self._requests.put(None)
+            call.cancel()
