@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     _option(run, "--max-failed-renewals", type=int, default=DEFAULT.max_failed_renewals,
             help="step down after this many failures in a row")
     _option(run, "--stop-timeout", type=float, default=5.0, help="how long a graceful stop waits for the tick")
+    _option(run, "--job-timeout", type=float, help="tell a run longer than this to cancel (default: no limit)")
+    _option(run, "--job-cancel-grace", type=float, default=2.0, help="step down (job_hung, /healthz 503) when "
+            "a run is still going this long after it was told to cancel")
     _option(run, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     _option(run, "--log-format", default="text", help="text, or json (one object per line)")
     _option(run, "--http-host", default="0.0.0.0", help="address of the /metrics, /healthz, /readyz server")
@@ -195,7 +198,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         extra["renewal_timeout_s"] = args.renewal_timeout
     config = _config(args, lease_ttl_s=args.lease_ttl, keepalive_interval_s=args.keepalive_interval,
                      min_remaining_ttl_s=args.min_remaining_ttl, max_failed_renewals=args.max_failed_renewals,
-                     stop_timeout_s=args.stop_timeout, **extra)
+                     stop_timeout_s=args.stop_timeout, job_timeout_s=args.job_timeout,
+                     job_cancel_grace_s=args.job_cancel_grace, **extra)
     job = load_job(args.job)  # all checked before anything touches etcd
     setup_logging(args.log_level, args.log_format, config.replica_id)
     token = _read_token(args.admin_token_file)
