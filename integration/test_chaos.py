@@ -15,9 +15,6 @@ from singleton.chaos.scenarios import SCENARIOS, run_scenario
 from singleton.chaos.verdict import Verdict
 
 RESULTS: list[tuple[Verdict, ScenarioRun]] = []
-# Scenarios whose replicas need what main has not landed yet: `singleton run --job-timeout` (hung-job) and
-# callbacks off the safety path (slow-callback-partition). Run them with `singleton chaos --scenarios`.
-PENDING = {"hung-job", "slow-callback-partition"}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +27,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("scenario", [s for s in SCENARIOS if s not in PENDING])
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_scenario_holds_at_fast_timings(harness: Harness, scenario: str) -> None:
     verdict, run = run_scenario(harness, scenario)
     RESULTS.append((verdict, run))  # type: ignore[arg-type]
