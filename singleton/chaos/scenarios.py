@@ -16,7 +16,8 @@ SCENARIOS: dict[str, list[str]] = {name: [name] for name in FAULTS}
 SCENARIOS["rolling-restart"] = ["sigterm-leader", "sigterm-leader", "sigterm-leader"]
 SCENARIOS["handover-clock-ahead"] = ["sigterm-leader-clock-ahead-30s", "sigterm-leader-clock-ahead-1h"]
 SCENARIOS["hung-job"] = ["hang-leader-job"]
-SCENARIOS["slow-callback-partition"] = ["partition-leader"]
+# Then a graceful stop: before callbacks ran off the safety path, a 5 s on_stepped_down held the handover 5 s.
+SCENARIOS["slow-callback-partition"] = ["partition-leader", "sigterm-leader"]
 
 # Scenarios whose replicas differ from plain `singleton run` (the rest get ReplicaOptions()).
 OPTIONS: dict[str, ReplicaOptions] = {
