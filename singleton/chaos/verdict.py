@@ -67,7 +67,10 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
         if took > ttl + 1 + SLACK_S:
             verdict.violations.append(f"{ev.name}: takeover after {took:.2f} s > lease {ttl:g} s + 1 s")
         if ev.kind == "partition":
-            cut = [t for t in ticks if t.replica == ev.old_leader and t.start_mono > ev.at_mono]
+            # The cut term's ticks only: after healing, the same replica may win a later term fairly.
+            term = next((t.token for t in reversed(ticks) if t.replica == ev.old_leader and t.start_mono <= ev.at_mono),
+                        None)
+            cut = [t for t in ticks if t.replica == ev.old_leader and t.token == term and t.start_mono > ev.at_mono]
             if cut:
                 last = cut[-1]
                 if last.start_mono - ev.at_mono > timings.partition_stop_bound_s + 0.1:
