@@ -58,3 +58,27 @@ def test_json_log_lines_carry_the_replica_id() -> None:
         setup_logging("INFO", "xml", "pod-1")
     with pytest.raises(ConfigError):
         setup_logging("LOUD", "json", "pod-1")
+
+
+def test_list_runs_serves_the_run_record_history_newest_first() -> None:
+    backend = MemoryBackend()
+    slots: list[int] = []
+    app = Singleton(Config(endpoints="127.0.0.1:2379", name="runs", replica_id="a",  # type: ignore[arg-type]
+                           **FAST.config_kwargs()), lambda ctx: slots.append(ctx.slot), backend=backend)
+    server, port = serve_admin(app, "127.0.0.1:0", token="s3cret")
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stub = admin_pb2_grpc.AdminStub(channel)
+    auth = (("authorization", "Bearer s3cret"),)
+    try:
+        with app:
+            wait_for(lambda: len(slots) >= 4, 10, "four runs")
+            response = stub.ListRuns(admin_pb2.ListRunsRequest(limit=2), timeout=3, metadata=auth)
+            assert len(response.runs) == 2 and response.runs[0].seq > response.runs[1].seq
+            assert all(r.outcome == "ok" and r.replica_id == "a" and r.slot in slots for r in response.runs)
+            assert response.last_claim.slot >= response.runs[0].slot and response.last_claim.replica_id == "a"
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ListRuns(admin_pb2.ListRunsRequest(), timeout=3)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        channel.close()
+        server.stop(0)

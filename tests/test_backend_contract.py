@@ -240,3 +240,86 @@ def test_memory_last_ok_at_is_on_the_injected_clock() -> None:
     backend.heal()
     backend.get("/k", T)
     assert backend.last_ok_at == 5007.0
+
+
+# --- the run record's claim chain ------------------------------------------------------------------------
+def lead(backend: Backend, key: str) -> tuple[int, int]:
+    lease = backend.grant_lease(10, T)
+    result = backend.campaign(key, b"x", lease.lease_id, T)
+    assert result.won
+    return result.fencing_token, lease.lease_id
+
+
+def test_claims_chain_on_the_record_revision_and_a_stale_link_or_token_is_refused(backend: Backend, name: str) -> None:
+    leader, run = f"/c/{name}/leader", f"/c/{name}/run"
+    token, lease = lead(backend, leader)
+    first = backend.claim(leader, token, (run, 0), {run: b"1"}, T)  # 0: the record does not exist yet
+    assert first is not None
+    kv, _ = backend.get(run, T)
+    assert kv is not None and kv.mod_revision == first and kv.value == b"1"
+    assert backend.claim(leader, token, (run, 0), {run: b"again"}, T) is None  # a stale link of the chain
+    second = backend.claim(leader, token, (run, first), {run: b"2", f"/c/{name}/history/0": b"h"}, T)
+    assert second is not None and second > first
+    assert backend.claim(leader, token + 1, (run, second), {run: b"3"}, T) is None  # not the term's token
+    backend.revoke_lease(lease, T)
+    assert backend.claim(leader, token, (run, second), {run: b"4"}, T) is None  # the term is over
+    assert backend.get(run, T)[0].value == b"2"  # type: ignore[union-attr]
+    assert [kv.value for kv in backend.get_prefix(f"/c/{name}/history/", T)] == [b"h"]
+
+
+def test_two_leaders_racing_for_one_slot_get_exactly_one_claim(backend: Backend, name: str) -> None:
+    leader, run = f"/c/{name}/leader", f"/c/{name}/run"
+    token, lease = lead(backend, leader)
+    base = backend.claim(leader, token, (run, 0), {run: b"s1"}, T)
+    assert base is not None
+    # Both claimants saw the same record (the second thinks it still leads on the same term): one wins.
+    results = [backend.claim(leader, token, (run, base), {run: v}, T) for v in (b"a", b"b")]
+    assert sum(r is not None for r in results) == 1
+    backend.revoke_lease(lease, T)
+
+
+def test_a_claim_after_a_compaction_still_chains(backend: Backend, name: str) -> None:
+    leader, run = f"/c/{name}/leader", f"/c/{name}/run"
+    token, lease = lead(backend, leader)
+    rev = backend.claim(leader, token, (run, 0), {run: b"1"}, T)
+    assert rev is not None
+    for i in range(3):
+        rev = backend.claim(leader, token, (run, rev), {run: str(i).encode()}, T)
+        assert rev is not None
+    backend.compact(rev, T)  # type: ignore[attr-defined]
+    assert backend.claim(leader, token, (run, rev), {run: b"after"}, T) is not None
+    backend.revoke_lease(lease, T)
+
+
+def test_guarded_writes_fenced_by_a_superseded_claim_are_refused(backend: Backend, name: str) -> None:
+    leader, run, out = f"/c/{name}/leader", f"/c/{name}/run", f"/c/{name}/out"
+    token, lease = lead(backend, leader)
+    first = backend.claim(leader, token, (run, 0), {run: b"1"}, T)
+    assert first is not None
+    assert backend.guarded_put(leader, token, out, b"by run 1", T, claim=(run, first))
+    second = backend.claim(leader, token, (run, first), {run: b"2"}, T)
+    assert second is not None
+    assert not backend.guarded_put(leader, token, out, b"zombie", T, claim=(run, first))  # same token, old claim
+    assert not backend.guarded_delete(leader, token, out, T, claim=(run, first))
+    assert backend.guarded_put(leader, token, out, b"by run 2", T, claim=(run, second))
+    backend.revoke_lease(lease, T)
+
+
+def test_resign_writes_its_extra_keys_in_the_same_transaction(backend: Backend, name: str) -> None:
+    leader, handover, hist = f"/c/{name}/leader", f"/c/{name}/handover", f"/c/{name}/history/3"
+    token, lease = lead(backend, leader)
+    assert backend.resign(leader, token, handover, b"h", T, also_put={hist: b"last run"})
+    (kv_h, _), (kv_x, _) = backend.get(handover, T), backend.get(hist, T)
+    assert kv_h is not None and kv_x is not None and kv_h.mod_revision == kv_x.mod_revision
+    assert backend.get(leader, T)[0] is None
+    backend.revoke_lease(lease, T)
+
+
+def test_get_prefix_returns_the_keys_under_it_in_order(backend: Backend, name: str) -> None:
+    leader = f"/c/{name}/leader"
+    token, lease = lead(backend, leader)
+    for k in ("b", "a", "c"):
+        assert backend.guarded_put(leader, token, f"/c/{name}/p/{k}", k.encode(), T)
+    assert backend.guarded_put(leader, token, f"/c/{name}/q", b"outside", T)
+    assert [kv.key for kv in backend.get_prefix(f"/c/{name}/p/", T)] == [f"/c/{name}/p/{k}" for k in "abc"]
+    backend.revoke_lease(lease, T)

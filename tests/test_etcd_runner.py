@@ -73,7 +73,7 @@ def test_lost_campaigns_leak_no_lease(etcd: EtcdCluster, name: str) -> None:
     before = set(etcd.lease_ids())
     loser = make(etcd.endpoints, name, "loser", rec)
     for _ in range(40):
-        term, result, _ = loser._campaign_once()
+        term, result, _ = loser._campaigner.once()
         assert term is None and not result.won
     after = set(etcd.lease_ids())
     leader.stop()

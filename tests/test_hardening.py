@@ -14,11 +14,12 @@ import pytest
 from singleton import Config, MemoryBackend, Role, Singleton, StepDownReason, TickContext
 from singleton.core.errors import ConfigError
 from singleton.runtime.jobs import JobRunner
-from singleton.testing.recorder import FAST, Recorder, wait_for
+from singleton.core.timings import FAST
+from singleton.testing.recorder import Recorder, wait_for
 
 
 def config(replica: str, **extra: Any) -> Config:
-    return Config(endpoints="127.0.0.1:2379", name="hard", replica_id=replica, **{**FAST, **extra})
+    return Config(endpoints="127.0.0.1:2379", name="hard", replica_id=replica, **{**FAST.config_kwargs(), **extra})
 
 
 def leader_key_holder(backend: MemoryBackend, app: Singleton) -> int | None:
@@ -171,7 +172,10 @@ def test_the_resign_watch_outlives_a_compaction() -> None:
         wait_for(lambda: app.is_leader, 5, "leadership")
         token = app.fencing_token
         assert token is not None
-        backend.compact()
+        for i in range(3):  # history the watch has not read yet...
+            assert backend.guarded_put(app.config.leader_key, token, f"/elsewhere/{i}", b"x", 1.0)
+        _, now = backend.get(app.config.leader_key, 1.0)
+        backend.compact(now)  # ...is compacted away: the resign watch's next revision is gone
         assert backend.guarded_put(app.config.leader_key, token, app.config.resign_key, str(token).encode(), 1.0)
         wait_for(lambda: StepDownReason.RESIGNED in reasons, 5, "the resign to arrive after the compaction")
 
@@ -197,6 +201,7 @@ def test_a_slow_on_elected_neither_delays_the_keepalive_nor_makes_leadership_fla
         with a, b:
             wait_for(lambda: len(rec.runs) >= 4, 10, "ticks while on_elected is still running")
             assert a.stats.elections_won + b.stats.elections_won == 1
+            gate.set()  # let the callbacks end, so that stopping does not wait for them
     finally:
         gate.set()
     rec.assert_safe()
@@ -267,3 +272,17 @@ def test_the_private_job_loop_is_closed() -> None:
     assert loop is not None
     runner.close()
     assert loop.is_closed()
+
+
+def test_a_standby_with_the_leaders_id_says_so_and_never_believes_it_leads(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="singleton")
+    backend = MemoryBackend()
+    rec = Recorder()
+    first = Singleton(config("twin"), rec, backend=backend)
+    second = Singleton(config("twin"), rec, backend=backend)
+    with first:
+        wait_for(lambda: first.is_leader, 5, "the first twin to lead")
+        with second:
+            wait_for(lambda: "carries our id 'twin' but not our lease" in caplog.text, 5, "the warning")
+            assert not second.is_leader and second.role is Role.FOLLOWER and second.fencing_token is None
+    rec.assert_safe()

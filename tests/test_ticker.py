@@ -107,8 +107,9 @@ class FakeJobs:
 class FakeWake:
     """Stands in for the wake event: waiting moves the fake clock, and a script may act at each wait."""
 
-    def __init__(self, clock: FakeClock, on_wait: Callable[[FakeClock], None]) -> None:
+    def __init__(self, clock: FakeClock, on_wait: Callable[[FakeClock], None], longest_wait_s: float = 1e9) -> None:
         self.clock, self.on_wait, self.waits = clock, on_wait, 0
+        self.longest_wait_s = longest_wait_s  # shorter: woken early, as by each renewal
 
     def clear(self) -> None: ...
 
@@ -117,7 +118,7 @@ class FakeWake:
     def wait(self, timeout: float) -> bool:
         self.waits += 1
         assert self.waits < 10_000, "tick loop did not end"
-        self.clock.advance(timeout)
+        self.clock.advance(min(timeout, self.longest_wait_s))
         self.on_wait(self.clock)
         return False
 
@@ -128,7 +129,7 @@ def new_keeper(clock: FakeClock) -> LeaseKeeper:
 
 def run_loop(clock: FakeClock, jobs: FakeJobs, on_wait: Callable[[FakeClock], None],
              stop_after_s: float | None = 20.0, handover: int | None = None,
-             keeper: LeaseKeeper | None = None) -> tuple[StepDownReason, LeaseKeeper]:
+             keeper: LeaseKeeper | None = None, longest_wait_s: float = 1e9) -> tuple[StepDownReason, LeaseKeeper]:
     """Run one term's tick loop to its end; renewals, pauses and clock steps happen in `on_wait`."""
     cfg = Config(endpoints="127.0.0.1:2379", name="t", replica_id="r1")
     keeper = keeper or new_keeper(clock)
@@ -137,7 +138,7 @@ def run_loop(clock: FakeClock, jobs: FakeJobs, on_wait: Callable[[FakeClock], No
     term = election.won(42, keeper)
     end = None if stop_after_s is None else clock.monotonic() + stop_after_s
     leadership = Leadership(cfg, MemoryBackend(clock), clock, election, term, jobs, Stats("r1"),
-                            FakeWake(clock, on_wait),  # type: ignore[arg-type]
+                            FakeWake(clock, on_wait, longest_wait_s),  # type: ignore[arg-type]
                             lambda: StepDownReason.SHUTDOWN if end is not None and clock.monotonic() >= end else None)
     return leadership._tick_until_step_down(handover), keeper
 
@@ -231,3 +232,18 @@ def test_a_handover_from_a_leader_whose_clock_is_an_hour_ahead_ticks_within_a_se
     first_slot_run, first_start = jobs.started[0]
     assert first_start - start <= 1.0  # not an hour of holding the lease and ticking nothing
     assert [s for s, _ in jobs.started] == [T0 + 3601, T0 + 3602, T0 + 3603, T0 + 3604]
+
+
+def test_a_wall_clock_step_is_reported_once_however_often_the_wait_is_woken(caplog: pytest.LogCaptureFixture):
+    clock = FakeClock(wall=T0 + 0.1)
+    jobs = FakeJobs(clock)
+    stepped: list[bool] = []
+
+    def on_wait(c: FakeClock) -> None:
+        if not stepped:
+            stepped.append(True)
+            c.step_wall(-3600.0)
+
+    with caplog.at_level("WARNING", logger="singleton"):
+        run_loop(clock, jobs, on_wait, stop_after_s=2.5, longest_wait_s=0.2)
+    assert len([r for r in caplog.records if "wall clock stepped" in r.getMessage()]) == 1

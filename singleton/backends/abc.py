@@ -51,6 +51,9 @@ class WatchEvent:
     kv: KeyValue  # for a delete: key and revision only
 
 
+Claim = tuple[str, int]  # (run-record key, the mod revision it must still have): a run's claim, for fencing
+
+
 class Backend(ABC):
     # Monotonic time of the last answer from the store (any call, or a watch message): for readiness.
     # EtcdBackend uses time.monotonic(); MemoryBackend its injected clock's monotonic().
@@ -84,16 +87,29 @@ class Backend(ABC):
         """The key (or None) and the store revision it was read at."""
 
     @abstractmethod
-    def guarded_put(self, leader_key: str, fencing_token: int, key: str, value: bytes, timeout_s: float) -> bool:
+    def get_prefix(self, prefix: str, timeout_s: float) -> list[KeyValue]:
+        """Every key under `prefix`, in key order."""
+
+    @abstractmethod
+    def claim(self, leader_key: str, fencing_token: int, claim: Claim, puts: dict[str, bytes],
+              timeout_s: float) -> int | None:
+        """One transaction: while `leader_key` has create_revision == fencing_token *and* the claim key still has
+        the given mod revision (0: absent), put `puts` (no lease). Returns the transaction's revision (the new
+        mod revision of every key written), or None when refused."""
+
+    @abstractmethod
+    def guarded_put(self, leader_key: str, fencing_token: int, key: str, value: bytes, timeout_s: float,
+                    claim: Claim | None = None) -> bool:
         """Put only while `leader_key` still has create_revision == fencing_token. False when refused."""
 
     @abstractmethod
-    def guarded_delete(self, leader_key: str, fencing_token: int, key: str, timeout_s: float) -> bool: ...
+    def guarded_delete(self, leader_key: str, fencing_token: int, key: str, timeout_s: float,
+                       claim: Claim | None = None) -> bool: ...
 
     @abstractmethod
     def resign(self, leader_key: str, fencing_token: int, handover_key: str, handover: bytes,
-               timeout_s: float) -> bool:
-        """One transaction: while we still lead, write the handover record and delete the leader key."""
+               timeout_s: float, also_put: dict[str, bytes] | None = None) -> bool:
+        """One transaction: while we still lead, write the handover record (and `also_put`), delete the leader key."""
 
     @abstractmethod
     def watch(self, key: str, start_revision: int, stop: threading.Event) -> Iterator[WatchEvent]:

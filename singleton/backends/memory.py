@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from singleton.backends.abc import Backend, CampaignResult, KeyValue, Lease, WatchEvent, campaign_won
+from singleton.backends.abc import Backend, CampaignResult, Claim, KeyValue, Lease, WatchEvent, campaign_won
 from singleton.core.clock import Clock, SystemClock
 from singleton.core.errors import BackendError, BackendTimeout, BackendUnavailable, LeaseNotFound, WatchCompacted
 
@@ -116,16 +116,22 @@ class MemoryBackend(Backend):
             self._revision = revision
             self._cond.notify_all()
 
-    def _guarded(self, leader_key: str, fencing_token: int, ops: Sequence[_Op], timeout_s: float) -> bool:
-        """One transaction: `ops` only while `leader_key` still has create_revision == fencing_token."""
+    def _guarded(self, leader_key: str, fencing_token: int, ops: Sequence[_Op], timeout_s: float,
+                 claim: Claim | None = None) -> int | None:
+        """One transaction: `ops` only while `leader_key` still has create_revision == fencing_token (and the
+        claim key its mod revision). Returns the store's revision after it, or None when refused."""
         self._enter(timeout_s)
         with self._cond:
             self._expire_locked()
             leader = self._kv.get(leader_key)
             if (leader.create_revision if leader else 0) != fencing_token:  # etcd: an absent key's is 0
-                return False
+                return None
+            if claim is not None:
+                held = self._kv.get(claim[0])
+                if (held.mod_revision if held else 0) != claim[1]:
+                    return None
             self._commit_locked(ops)
-            return True
+            return self._revision
 
     # --- Backend ---------------------------------------------------------------------------------
     def grant_lease(self, ttl_s: int, timeout_s: float) -> Lease:
@@ -175,16 +181,29 @@ class MemoryBackend(Backend):
             self._expire_locked()
             return self._kv.get(key), self._revision
 
-    def guarded_put(self, leader_key: str, fencing_token: int, key: str, value: bytes, timeout_s: float) -> bool:
-        return self._guarded(leader_key, fencing_token, [(key, value, 0)], timeout_s)
+    def get_prefix(self, prefix: str, timeout_s: float) -> list[KeyValue]:
+        self._enter(timeout_s)
+        with self._cond:
+            self._expire_locked()
+            return [self._kv[k] for k in sorted(self._kv) if k.startswith(prefix)]
 
-    def guarded_delete(self, leader_key: str, fencing_token: int, key: str, timeout_s: float) -> bool:
-        return self._guarded(leader_key, fencing_token, [(key, None, 0)], timeout_s)
+    def claim(self, leader_key: str, fencing_token: int, claim: Claim, puts: dict[str, bytes],
+              timeout_s: float) -> int | None:
+        return self._guarded(leader_key, fencing_token, [(k, v, 0) for k, v in puts.items()], timeout_s, claim)
+
+    def guarded_put(self, leader_key: str, fencing_token: int, key: str, value: bytes, timeout_s: float,
+                    claim: Claim | None = None) -> bool:
+        return self._guarded(leader_key, fencing_token, [(key, value, 0)], timeout_s, claim) is not None
+
+    def guarded_delete(self, leader_key: str, fencing_token: int, key: str, timeout_s: float,
+                       claim: Claim | None = None) -> bool:
+        return self._guarded(leader_key, fencing_token, [(key, None, 0)], timeout_s, claim) is not None
 
     def resign(self, leader_key: str, fencing_token: int, handover_key: str, handover: bytes,
-               timeout_s: float) -> bool:
-        return self._guarded(leader_key, fencing_token, [(handover_key, handover, 0), (leader_key, None, 0)],
-                             timeout_s)
+               timeout_s: float, also_put: dict[str, bytes] | None = None) -> bool:
+        ops: list[_Op] = [(k, v, 0) for k, v in (also_put or {}).items()]
+        ops += [(handover_key, handover, 0), (leader_key, None, 0)]
+        return self._guarded(leader_key, fencing_token, ops, timeout_s) is not None
 
     def watch(self, key: str, start_revision: int, stop: threading.Event) -> Iterator[WatchEvent]:
         next_revision = start_revision

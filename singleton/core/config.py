@@ -85,6 +85,13 @@ class Config:
     # cancel is hung: the replica steps down without releasing its lease, and /healthz fails until it ends.
     job_timeout_s: float | None = None
     job_cancel_grace_s: float = 2.0
+    # The run record: each run is claimed in etcd before it starts (False: slots rest on the leader's clock alone).
+    run_record: bool = True
+    # After a takeover that was not a handover: "skip" counts and logs the slots nobody claimed; "coalesce" makes
+    # one run at once stand in for those within the window.
+    catch_up: str = "skip"
+    catch_up_window_s: float = 60.0
+    history_size: int = 100  # runs kept in etcd (a ring: etcd never grows)
     # TLS files (paths) and etcd auth; the password itself never comes from a flag.
     cacert: str | None = None
     cert: str | None = None
@@ -119,6 +126,14 @@ class Config:
         return f"{self.prefix}/{self.name}/handover"
 
     @property
+    def run_key(self) -> str:
+        return f"{self.prefix}/{self.name}/run"
+
+    @property
+    def history_prefix(self) -> str:
+        return f"{self.prefix}/{self.name}/history/"
+
+    @property
     def resign_key(self) -> str:
         return f"{self.prefix}/{self.name}/resign"
 
@@ -145,10 +160,15 @@ class Config:
             raise ConfigError(f"renewal timeout must be > 0 and at most the keepalive interval (got {self.renewal_deadline_s:g})")
         if self.max_failed_renewals < 1:
             raise ConfigError(f"max failed renewals must be >= 1 (got {self.max_failed_renewals})")
+        if self.catch_up not in ("skip", "coalesce"):
+            raise ConfigError(f"catch-up policy must be skip or coalesce (got {self.catch_up!r})")
+        if not 1 <= self.history_size <= 10_000:
+            raise ConfigError(f"history size must be from 1 to 10000 runs (got {self.history_size})")
         if self.job_timeout_s is not None and self.job_timeout_s <= 0:
             raise ConfigError(f"job timeout must be > 0 seconds, or unset for none (got {self.job_timeout_s:g})")
         for label, value in (("call timeout", self.call_timeout_s), ("stop timeout", self.stop_timeout_s),
                              ("campaign backoff", self.campaign_backoff_max_s),
-                             ("job cancel grace", self.job_cancel_grace_s)):
+                             ("job cancel grace", self.job_cancel_grace_s),
+                             ("catch-up window", self.catch_up_window_s)):
             if value <= 0:
                 raise ConfigError(f"{label} must be > 0 (got {value:g})")

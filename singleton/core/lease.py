@@ -18,6 +18,7 @@ class StepDownReason(enum.Enum):
     RESIGNED = "resigned"  # asked to hand over (operator or API)
     SHUTDOWN = "shutdown"  # SIGTERM / SIGINT / stop()
     JOB_HUNG = "job_hung"  # the job was told to cancel (its timeout) and still ran a grace period later
+    CLAIM_REFUSED = "claim_refused"  # etcd refused our claim of a slot: the term or the run chain is no longer ours
     TICKER_FAILED = "ticker_failed"  # an unexpected error in the tick loop (e.g. no thread could be started)
 
     @property

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 # A tick must start inside its own second; a slot woken later than this is skipped, never run late.
 MAX_LATENESS_S = 1.0
+# The run record's claim for a slot is made this long before the slot is due, so the job starts on time.
+CLAIM_AHEAD_S = 0.25
 # A wall clock that moved this much more or less than the monotonic one over one wait was stepped.
 CLOCK_STEP_THRESHOLD_S = 0.5
 
@@ -42,7 +44,8 @@ class Due:
     clock_step_s: float = 0.0  # how far the wall clock jumped relative to the monotonic clock during the wait
 
 
-def first_plan(wall_now: float, mono_now: float, handover_last_slot: int | None) -> SlotPlan:
+def first_plan(wall_now: float, mono_now: float, handover_last_slot: int | None,
+               record_slot: int | None = None) -> SlotPlan:
     """The first slot of a new term, due within a second whatever the predecessor's clock said.
 
     Normally the next whole second: never one the predecessor may already have run. After a graceful
@@ -51,7 +54,17 @@ def first_plan(wall_now: float, mono_now: float, handover_last_slot: int | None)
     ahead of our wall clock (the predecessor's clock runs fast, or was stepped), the slot *number* follows
     on from the handover so no number repeats, but it is due at our next whole second, as after a
     backward step of our own clock: waiting for our clock to catch up would stall the cluster.
+
+    `record_slot`, the last slot claimed in the run record, works the same way: numbering follows on after it
+    (no slot is claimed twice, whatever our clock says), and the slot is still due at our next whole second.
     """
+    plan = _first_plan(wall_now, mono_now, handover_last_slot)
+    if record_slot is not None and plan.slot <= record_slot:
+        return SlotPlan(record_slot + 1, plan.wake_at, wall_now, mono_now)
+    return plan
+
+
+def _first_plan(wall_now: float, mono_now: float, handover_last_slot: int | None) -> SlotPlan:
     current = math.floor(wall_now)
     if handover_last_slot is None or handover_last_slot + 1 < current:
         return plan_slot(current + 1, wall_now, mono_now)

@@ -10,7 +10,8 @@ from typing import Any
 
 import grpc
 
-from singleton.core.errors import ConfigError
+from singleton.core.errors import ConfigError, SingletonError
+from singleton.ops.history import read_runs
 from singleton.ops.http import probe_bind
 from singleton.runtime.runner import Singleton
 from singleton.v1 import admin_pb2, admin_pb2_grpc
@@ -60,6 +61,18 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             if new != version:
                 version = new
                 yield to_proto(self._singleton)
+
+
+    def ListRuns(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.ListRunsResponse:  # noqa: N802
+        self._authorize(context)
+        limit = request.limit or 20
+        if limit < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must be >= 0")
+        try:
+            record, runs = read_runs(self._singleton.backend, self._singleton.config, limit)
+        except SingletonError as err:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read the run record: {err}")
+        return admin_pb2.ListRunsResponse(last_claim=record, runs=runs)
 
 
 def parse_address(text: str) -> tuple[str, int]:

@@ -80,9 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     _option(run, "--max-failed-renewals", type=int, default=DEFAULT.max_failed_renewals,
             help="step down after this many failures in a row")
     _option(run, "--stop-timeout", type=float, default=5.0, help="how long a graceful stop waits for the tick")
-    _option(run, "--job-timeout", type=float, help="tell a run longer than this to cancel (default: no limit)")
-    _option(run, "--job-cancel-grace", type=float, default=2.0, help="step down (job_hung, /healthz 503) when "
-            "a run is still going this long after it was told to cancel")
+    _option(run, "--job-timeout", type=float, help="cancel a run longer than this many seconds (default: none)")
+    _option(run, "--run-record", default="on", help="on: claim every run in etcd before it starts (no slot twice "
+            "whatever the clocks say); off: slots rest on the leader's clock alone")
+    _option(run, "--catch-up", default="skip", help="after a crash takeover: skip (count the missed slots) or "
+            "coalesce (one run at once for them)")
+    _option(run, "--catch-up-window", type=float, default=60.0, help="coalesce only the missed slots this recent")
+    _option(run, "--history-size", type=int, default=100, help="runs kept in etcd for `singleton history`")
+    _option(run, "--job-cancel-grace", type=float, default=2.0, help="a run still going this long after its cancel "
+            "is hung: step down without releasing the lease, fail /healthz until it ends")
     _option(run, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     _option(run, "--log-format", default="text", help="text, or json (one object per line)")
     _option(run, "--http-host", default="0.0.0.0", help="address of the /metrics, /healthz, /readyz server")
@@ -102,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection(resign)
     resign.add_argument("--json", action="store_true", help="machine-readable output")
     resign.add_argument("--timeout", type=float, default=15.0, help="how long to wait for the handover")
+
+    history = sub.add_parser("history", help="the last runs of the job, from the run record in etcd")
+    _add_connection(history)
+    history.add_argument("--json", action="store_true", help="machine-readable output")
+    history.add_argument("--limit", type=int, default=20, help="how many runs, newest first")
 
     chaos = sub.add_parser("chaos", help="failover chaos scenarios with a report and a timeline picture")
     chaos.add_argument("--endpoints", default="", help="your etcd (keys go under /singleton-chaos/); "
@@ -190,6 +201,12 @@ def _serve_http(host: str, port: int, singleton: Singleton) -> HttpServer:
     return http.start()
 
 
+def _on_off(flag: str, value: str) -> bool:
+    if value not in ("on", "off"):
+        raise ConfigError(f"{flag} must be on or off (got {value!r})")
+    return value == "on"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     extra: dict[str, Any] = {}
     if args.id:
@@ -199,7 +216,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _config(args, lease_ttl_s=args.lease_ttl, keepalive_interval_s=args.keepalive_interval,
                      min_remaining_ttl_s=args.min_remaining_ttl, max_failed_renewals=args.max_failed_renewals,
                      stop_timeout_s=args.stop_timeout, job_timeout_s=args.job_timeout,
-                     job_cancel_grace_s=args.job_cancel_grace, **extra)
+                     job_cancel_grace_s=args.job_cancel_grace, run_record=_on_off("--run-record", args.run_record),
+                     catch_up=args.catch_up, catch_up_window_s=args.catch_up_window,
+                     history_size=args.history_size, **extra)
     job = load_job(args.job)  # all checked before anything touches etcd
     setup_logging(args.log_level, args.log_format, config.replica_id)
     token = _read_token(args.admin_token_file)
@@ -268,6 +287,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             from singleton.ops.commands import resign_leader
 
             return resign_leader(_config(args), as_json=args.json, timeout_s=args.timeout)
+        if args.command == "history":
+            from singleton.backends.etcd import EtcdBackend
+            from singleton.ops.history import show_history
+
+            if args.limit < 1:
+                raise ConfigError(f"--limit must be at least 1 (got {args.limit})")
+            backend = EtcdBackend.from_config(_config(args))
+            try:
+                return show_history(backend, _config(args), as_json=args.json, limit=args.limit)
+            finally:
+                backend.close()
         if args.command == "chaos":
             from singleton.chaos.command import run_chaos
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from singleton.backends.abc import Backend
+from singleton.backends.abc import Backend, Claim
 from singleton.core.clock import Clock, SystemClock
 from singleton.core.term import RunningJob
 from singleton.runtime.telemetry import tracer
@@ -35,6 +35,11 @@ class TickContext:
     _leader_key: str = field(repr=False)
     _timeout_s: float = field(repr=False, default=2.0)
     lateness_s: float = 0.0  # how late the tick started after its slot's wall time
+    # The run's claim in the run record: guarded writes compare it too, so a run whose claim was superseded
+    # (another term ran on) is refused even if it still holds the token.
+    _claim: Claim | None = field(repr=False, default=None)
+    # A catch-up run (policy "coalesce"): the first and last slot it stands in for; None for an ordinary run.
+    coalesced_slots: tuple[int, int] | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -43,10 +48,12 @@ class TickContext:
     def guarded_put(self, key: str, value: bytes | str) -> bool:
         """Write `key` only while this term's leadership still stands; False when etcd refused (stale token)."""
         data = value.encode() if isinstance(value, str) else value
-        return self._backend.guarded_put(self._leader_key, self.fencing_token, key, data, self._timeout_s)
+        return self._backend.guarded_put(self._leader_key, self.fencing_token, key, data, self._timeout_s,
+                                         claim=self._claim)
 
     def guarded_delete(self, key: str) -> bool:
-        return self._backend.guarded_delete(self._leader_key, self.fencing_token, key, self._timeout_s)
+        return self._backend.guarded_delete(self._leader_key, self.fencing_token, key, self._timeout_s,
+                                            claim=self._claim)
 
 
 JobFn = Callable[[TickContext], Any]

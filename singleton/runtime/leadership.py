@@ -19,8 +19,10 @@ from singleton.core.errors import BackendError, WatchCompacted
 from singleton.core.lease import StepDownReason
 from singleton.core.records import Handover
 from singleton.core.term import Act, JobVerdict, StepDown, job_deadline, job_verdict
-from singleton.core.ticker import SlotPlan, Verdict, check_due, first_plan, plan_next
+from singleton.core.runs import CatchUp, handover_skew_s, plan_catch_up, record_skew_lower_bound_s, SKEW_WARNING_S
+from singleton.core.ticker import CLAIM_AHEAD_S, SlotPlan, Verdict, check_due, first_plan, plan_next
 from singleton.runtime.jobs import JobRunner, TickContext
+from singleton.runtime.runs import ClaimOutcome, RunChain
 from singleton.runtime.telemetry import Stats
 
 log = logging.getLogger("singleton")
@@ -37,13 +39,16 @@ class Leadership:
     def __init__(self, config: Config, backend: Backend, clock: Clock, election: Election, term: Term,
                  jobs: JobRunner, stats: Stats, wake: threading.Event,
                  stop_reason: Callable[[], StepDownReason | None],
-                 on_step_down: Callable[[StepDownReason], None] = lambda reason: None) -> None:
+                 on_step_down: Callable[[StepDownReason], None] = lambda reason: None,
+                 chain: RunChain | None = None) -> None:
         self.config, self.backend, self.clock = config, backend, clock
         self.election, self.term, self.jobs, self.stats = election, term, jobs, stats
         self._wake = wake  # set by the keepalive after each renewal and by stop()/resign()
         self._stop_reason = stop_reason
         self._on_step_down = on_step_down  # posts to the listeners' thread; never blocks
         self._over = threading.Event()  # ends the keepalive and the resign watch
+        self.chain = chain  # the run record; None when it is off
+        self._claim_tried: int | None = None  # the slot an ahead-of-time claim was last tried for
         self.last_started_slot: int | None = None
         self.last_tick_wall: float | None = None
         # Heartbeats of the two loops, read by /healthz: a wedged loop stops beating.
@@ -120,6 +125,21 @@ class Leadership:
             revision = read_at + 1
 
     # --- the term -------------------------------------------------------------------------------------
+    def measure_skew(self, handover_written_at: float | None, vacant_for_s: float | None) -> None:
+        """At a takeover: how far the previous leader's clock was from ours (log and gauge)."""
+        wall = self.clock.wall()
+        record = self.chain.record if self.chain else None
+        if handover_written_at is not None and vacant_for_s is not None:
+            skew, how = handover_skew_s(handover_written_at, wall - vacant_for_s), "measured at the handover"
+        elif record is not None:
+            skew, how = record_skew_lower_bound_s(record.claimed_at_unix_s, wall), "at least, from its last claim"
+        else:
+            return
+        self.stats.skew(skew)
+        if abs(skew) > SKEW_WARNING_S:
+            log.warning("clock skew: the previous leader's wall clock was %+.2f s from ours (%s); slot numbers follow "
+                        "the run record, not our clock %s", skew, how, self._tag)
+
     def run(self, first_sent_at: float, handover_last_slot: int | None, won_revision: int,
             request_resign: Callable[[], None]) -> TermOutcome:
         keepalive = threading.Thread(target=self._keepalive_loop, args=(first_sent_at,), daemon=True,
@@ -142,8 +162,13 @@ class Leadership:
 
     def _tick_until_step_down(self, handover_last_slot: int | None) -> StepDownReason:
         cfg, clock, keeper = self.config, self.clock, self.term.keeper
-        plan = first_plan(clock.wall(), clock.monotonic(), handover_last_slot)
+        chain = self.chain
+        plan = first_plan(clock.wall(), clock.monotonic(), handover_last_slot, chain.last_slot if chain else None)
         log.info("first slot %d %s", plan.slot, self._tag)
+        if chain is not None and handover_last_slot is None:
+            reason = self._catch_up(chain, plan.slot)
+            if reason is not None:
+                return reason
         step_reported: SlotPlan | None = None
         while True:
             self._wake.clear()
@@ -158,9 +183,18 @@ class Leadership:
             if due.clock_step_s and step_reported is not plan:
                 step_reported = plan  # once per step, not on every wake-up of the same wait
                 log.warning("wall clock stepped by %+.3f s %s; slots keep their order", due.clock_step_s, self._tag)
+            unclaimed = chain is not None and chain.claim_of(plan.slot) is None
             if due.verdict is Verdict.WAIT:
-                # Wake for the slot, when the lease reaches its margin, or when the job's deadline passes.
-                wake_in = min(due.wait_s, keeper.remaining_s(mono) - cfg.min_remaining_ttl_s + 0.001)
+                # The claim is made ahead of the slot, so the job still starts on the whole second.
+                claim_ahead = unclaimed and self._claim_tried != plan.slot and not self.jobs.busy()
+                if claim_ahead and due.wait_s <= CLAIM_AHEAD_S:
+                    self._claim_tried = plan.slot
+                    if self._claim(plan.slot) is ClaimOutcome.REFUSED:
+                        return StepDownReason.CLAIM_REFUSED
+                    continue
+                # Wake for the claim or the slot, when the lease reaches its margin, or at the job's deadline.
+                wake_in = min(due.wait_s - (CLAIM_AHEAD_S if claim_ahead else 0.0),
+                              keeper.remaining_s(mono) - cfg.min_remaining_ttl_s + 0.001)
                 deadline = job_deadline(self.jobs.running(), cfg.job_timeout_s, cfg.job_cancel_grace_s)
                 if deadline is not None:
                     wake_in = min(wake_in, deadline - mono + 0.001)
@@ -168,14 +202,27 @@ class Leadership:
                 continue
             if due.verdict is Verdict.TOO_LATE:
                 self.stats.tick("late")
+                self._not_run(plan.slot, "late")
                 log.warning("slot %d skipped: woke %.3f s late %s", plan.slot, due.lateness_s, self._tag)
             elif self.jobs.busy():
                 self.stats.tick("skipped")
+                self._not_run(plan.slot, "overrun")
                 log.warning("slot %d skipped: the previous run is still going %s", plan.slot, self._tag)
+            elif unclaimed and chain is not None:
+                # Not claimed ahead (the job was still running then, or etcd did not answer): claim now, then
+                # the loop checks the lease and the time again before running it.
+                outcome = self._claim(plan.slot)
+                if outcome is ClaimOutcome.REFUSED:
+                    return StepDownReason.CLAIM_REFUSED
+                if outcome is ClaimOutcome.CLAIMED:
+                    continue
+                self.stats.tick("unclaimed")
+                self.stats.missed("unclaimed", 1)
             else:
                 self.jobs.start(TickContext(self.term.fencing_token, plan.slot, plan.scheduled_at,
                                             cfg.replica_id, threading.Event(), self.backend, cfg.leader_key,
-                                            cfg.call_timeout_s, lateness_s=due.lateness_s))
+                                            cfg.call_timeout_s, lateness_s=due.lateness_s,
+                                            _claim=chain.claim_of(plan.slot) if chain else None))
                 self.last_started_slot, self.last_tick_wall = plan.slot, wall
                 self.stats.tick("run", due.lateness_s)
             plan = plan_next(plan.slot, clock.wall(), clock.monotonic())
@@ -192,6 +239,49 @@ class Leadership:
             self.jobs.cancel()
         elif verdict is JobVerdict.HUNG:
             return StepDownReason.JOB_HUNG
+        return None
+
+    # --- the run record -------------------------------------------------------------------------------
+    def _claim(self, slot: int, coalesced_from: int = 0) -> ClaimOutcome:
+        assert self.chain is not None
+        outcome = self.chain.claim(slot, coalesced_from)
+        if outcome is ClaimOutcome.REFUSED:
+            log.warning("claim of slot %d refused: the term or the run record is no longer ours %s", slot, self._tag)
+        return outcome
+
+    def _not_run(self, slot: int, why: str) -> None:
+        self.stats.missed(why, 1)
+        if self.chain is not None and self.chain.claim_of(slot) is not None:
+            self.chain.not_run(slot, "skipped" if why == "overrun" else why)
+
+    def _catch_up(self, chain: RunChain, first_slot: int) -> StepDownReason | None:
+        """After a takeover that was not a handover: count (skip) or run once for (coalesce) the slots nobody
+        claimed between the record and our first slot."""
+        cfg = self.config
+        chain.unknown_outcome_of_predecessor()
+        plan = plan_catch_up(chain.last_slot, first_slot, CatchUp(cfg.catch_up), cfg.catch_up_window_s)
+        if not plan.missed:
+            return None
+        log.warning("takeover: slots %d..%d (%d) were claimed by nobody; catch-up %s %s", plan.missed_from,
+                    plan.missed_to, plan.missed, cfg.catch_up, self._tag)
+        if plan.coalesce_from is None:
+            self.stats.missed("takeover", plan.missed)
+            return None
+        self.stats.missed("beyond_window", plan.beyond_window)
+        self.stats.missed("coalesced", plan.coalesced)
+        reason = self._stop_reason() or self.election.check(self.clock.monotonic())
+        if reason is not None:
+            return reason
+        outcome = self._claim(plan.missed_to, coalesced_from=plan.coalesce_from)
+        if outcome is ClaimOutcome.REFUSED:
+            return StepDownReason.CLAIM_REFUSED
+        if outcome is ClaimOutcome.CLAIMED:
+            self.jobs.start(TickContext(self.term.fencing_token, plan.missed_to, float(plan.missed_to),
+                                        cfg.replica_id, threading.Event(), self.backend, cfg.leader_key,
+                                        cfg.call_timeout_s, _claim=chain.claim_of(plan.missed_to),
+                                        coalesced_slots=(plan.coalesce_from, plan.missed_to)))
+            self.last_started_slot, self.last_tick_wall = plan.missed_to, self.clock.wall()
+            self.stats.tick("run")
         return None
 
     # --- stepping down -------------------------------------------------------------------------------
@@ -249,8 +339,9 @@ class Leadership:
         handover = Handover(replica_id=cfg.replica_id, fencing_token=self.term.fencing_token,
                             last_slot=self.last_started_slot or 0, written_at_unix_s=self.clock.wall())
         try:
+            also = self.chain.final_puts() if self.chain else {}  # the last runs' history, in the same transaction
             if not self.backend.resign(cfg.leader_key, self.term.fencing_token, cfg.handover_key,
-                                       handover.SerializeToString(), cfg.call_timeout_s):
+                                       handover.SerializeToString(), cfg.call_timeout_s, also_put=also):
                 log.warning("resign refused: the leader key is no longer ours %s", self._tag)
         except BackendError as err:
             log.warning("resign failed %s: %s", self._tag, err)

@@ -9,20 +9,19 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import tenacity
-
-from singleton.backends.abc import Backend, CampaignResult
+from singleton.backends.abc import Backend
 from singleton.core.clock import Clock, SystemClock
 from singleton.core.config import Config
-from singleton.core.election import Election, Role, Term
-from singleton.core.errors import BackendError, ConfigError, WatchCompacted
-from singleton.runtime.jobs import JobFn, JobRunner, TickContext
+from singleton.core.election import Election, Role
+from singleton.core.errors import ConfigError
+from singleton.runtime.campaign import Campaigner, Won
+from singleton.runtime.jobs import JobFn, JobRunner, TickContext, outcome
+from singleton.runtime.runs import RunChain
 from singleton.runtime.leadership import Leadership
 from singleton.runtime.listeners import Listeners
-from singleton.core.lease import LeaseKeeper, StepDownReason
-from singleton.core.records import decode_handover, decode_leader, leader_record
+from singleton.core.lease import StepDownReason
 from singleton.runtime.status import StatusMixin
-from singleton.runtime.telemetry import Stats, register_gauges, tracer
+from singleton.runtime.telemetry import Stats, register_gauges
 
 log = logging.getLogger("singleton")
 
@@ -55,8 +54,6 @@ class Singleton(StatusMixin):
         self._on_elected: list[ElectedFn] = []
         self._on_stepped_down: list[SteppedDownFn] = []
         self._leadership: Leadership | None = None
-        self._vacancy_revision: int | None = None  # revision of the leader-key delete that ended our wait
-        self._vacancy_seen_at: float | None = None  # monotonic time we saw it
         self._leader_seen: tuple[str, int] = ("", 0)  # (replica id, token) of the leader as last seen
         self._last_tick: tuple[int, float] = (0, 0.0)
         self._runner_thread: threading.Thread | None = None
@@ -66,6 +63,7 @@ class Singleton(StatusMixin):
         self._loop: asyncio.AbstractEventLoop | None = None  # the caller's, when started from asyncio
         self._jobs: JobRunner | None = None
         self.replica_id = config.replica_id
+        self._campaigner = Campaigner(config, self.backend, self.clock, self.election, self._stop, self._see_leader)
         register_gauges(self)
 
     # --- registration and listeners -----------------------------------------------------------------
@@ -110,11 +108,10 @@ class Singleton(StatusMixin):
             while not self._stop.is_set():
                 if not self._wait_for_job_to_end(jobs):
                     break
-                won = self._campaign_until_decided()
+                won = self._campaigner.until_decided()
                 if won is None:
                     break
-                term, result, sent_at = won
-                self._lead(term, result, sent_at, jobs)
+                self._lead(won, jobs)
         finally:
             if self.election.role is not Role.STOPPED:
                 self.election.stop()
@@ -201,124 +198,22 @@ class Singleton(StatusMixin):
 
         return {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
 
-    # --- following -----------------------------------------------------------------------------------
-    def _retrying(self) -> tenacity.Retrying:
-        # tenacity decides when to try again; the stop event makes its sleep interruptible.
-        return tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(BackendError),
-            wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=self.config.campaign_backoff_max_s, jitter=0.2),
-            stop=tenacity.stop_when_event_set(self._stop),
-            sleep=self._interruptible_sleep,
-            before_sleep=lambda rs: log.warning("etcd not usable (%s); retrying in %.1f s", rs.outcome.exception()
-                                                if rs.outcome else "?", rs.upcoming_sleep),
-            reraise=False,
-        )
-
-    def _interruptible_sleep(self, seconds: float) -> None:
-        self._stop.wait(seconds)
-
-    def _campaign_until_decided(self) -> tuple[Term, CampaignResult, float] | None:
-        """Campaign until we win (returns the term) or are stopped (None). A lost campaign waits on the watch."""
-        while not self._stop.is_set():
-            try:
-                outcome = self._retrying()(self._campaign_once)
-            except tenacity.RetryError:
-                return None
-            term, result, sent_at = outcome
-            if term is not None:
-                return term, result, sent_at
-            self._wait_for_vacancy(result)
-        return None
-
-    def _campaign_once(self) -> tuple[Term | None, CampaignResult, float]:
-        with tracer.start_as_current_span("singleton.campaign", attributes={"singleton.replica_id":
-                                                                           self.config.replica_id}) as span:
-            term, result, sent_at = self._campaign_attempt()
-            span.set_attribute("singleton.won", term is not None)
-            span.set_attribute("singleton.fencing_token", result.fencing_token)
-        self._see_leader(result.leader)
-        return term, result, sent_at
-
-    def _campaign_attempt(self) -> tuple[Term | None, CampaignResult, float]:
-        cfg = self.config
-        self.election.campaign()
-        sent_at = self.clock.monotonic()
-        try:
-            lease = self.backend.grant_lease(int(cfg.lease_ttl_s), cfg.call_timeout_s)
-        except BackendError:
-            self.election.campaign_failed()
-            raise
-        try:
-            result = self.backend.campaign(cfg.leader_key, leader_record(cfg.replica_id, lease.lease_id,
-                                                                         self.clock.wall()),
-                                           lease.lease_id, cfg.call_timeout_s, also_read=(cfg.handover_key,))
-        except BackendError:
-            self._revoke_quietly(lease.lease_id)  # outcome unknown: revoking also removes our key if written
-            self.election.campaign_failed()
-            raise
-        if result.won:
-            keeper = LeaseKeeper(lease.lease_id, lease.ttl_s, sent_at, min_remaining_ttl_s=cfg.min_remaining_ttl_s,
-                                 max_failed_renewals=cfg.max_failed_renewals)
-            return self.election.won(result.fencing_token, keeper), result, sent_at
-        self._revoke_quietly(lease.lease_id)  # a lost campaign must not leak its lease
-        self.election.lost()
-        return None, result, sent_at
-
-    def _revoke_quietly(self, lease_id: int) -> None:
-        try:
-            self.backend.revoke_lease(lease_id, self.config.call_timeout_s)
-        except BackendError as err:
-            log.warning("could not revoke unused lease %x (it expires by itself): %s", lease_id, err)
-
-    def _wait_for_vacancy(self, lost: CampaignResult) -> None:
-        """Watch the leader key until it is deleted (or we stop). No polling decides who leads."""
-        self._vacancy_revision = None
-        if lost.leader is None:
-            return  # vanished between our transaction and now: campaign again at once
-        holder = lost.leader
-        log.info("standing by: token %d holds %s", holder.create_revision, self.config.leader_key)
-        record = decode_leader(holder.value)
-        if record is not None and record.replica_id == self.config.replica_id:
-            # Not us (our lease lost the campaign): two replicas were given the same id.
-            log.error("another replica leads with our id %r (lease %x): give every replica its own --id",
-                      record.replica_id, holder.lease_id)
-        start = lost.revision + 1
-        while not self._stop.is_set():
-            try:
-                for event in self.backend.watch(self.config.leader_key, start, self._stop):
-                    start = event.revision + 1
-                    if event.deleted:
-                        log.info("leader key deleted at revision %d: campaigning", event.revision)
-                        self._vacancy_revision, self._vacancy_seen_at = event.revision, self.clock.monotonic()
-                        self._see_leader(None)
-                        return
-                    self._see_leader(event.kv)
-                    log.info("leader changed: %s token %d", self._leader_seen[0], event.kv.create_revision)
-                return
-            except WatchCompacted:
-                try:
-                    kv, revision = self._retrying()(self.backend.get, self.config.leader_key, self.config.call_timeout_s)
-                except tenacity.RetryError:
-                    return
-                if kv is None:
-                    return
-                start = revision + 1
-
     # --- leading ---------------------------------------------------------------------------------------
-    def _lead(self, term: Term, result: CampaignResult, sent_at: float, jobs: JobRunner) -> None:
-        cfg = self.config
+    def _lead(self, won: Won, jobs: JobRunner) -> None:
+        cfg, term = self.config, won.term
         self._resign.clear()
-        vacant_for = None if self._vacancy_seen_at is None else self.clock.monotonic() - self._vacancy_seen_at
-        self._vacancy_seen_at = None
-        self.stats.won(vacant_for)
+        self.stats.won(won.vacant_for_s)
         log.info("elected leader of %s replica=%s token=%d", cfg.leader_key, cfg.replica_id, term.fencing_token)
+        chain = RunChain(cfg, self.backend, self.clock, term.fencing_token, won.result.extra.get(cfg.run_key)) \
+            if cfg.run_record else None
         leadership = Leadership(cfg, self.backend, self.clock, self.election, term, jobs, self.stats, self._wake,
-                                self._requested_step_down, self._stepping_down)
+                                self._requested_step_down, self._stepping_down, chain)
+        leadership.measure_skew(won.handover.written_at_unix_s if won.handover else None, won.vacant_for_s)
         self._leadership = leadership
         self._changed()
         self._listeners.post(self._on_elected, term.fencing_token)  # never waits: the keepalive starts now
         try:
-            outcome = leadership.run(sent_at, self._handover_slot(result), result.revision, self.resign)
+            outcome = leadership.run(won.sent_at, won.handover_last_slot, won.result.revision, self.resign)
         finally:
             if leadership.last_started_slot:
                 self._last_tick = (leadership.last_started_slot, leadership.last_tick_wall or 0.0)
@@ -335,14 +230,6 @@ class Singleton(StatusMixin):
             # Resigned: give the standbys the first shot at the vacancy. Failed: do not retry in a tight loop.
             self._stop.wait(1.0)
 
-    def _handover_slot(self, result: CampaignResult) -> int | None:
-        """The predecessor's last slot, only if its handover is the very delete we were woken by."""
-        kv = result.extra.get(self.config.handover_key)
-        if kv is None or self._vacancy_revision is None or kv.mod_revision != self._vacancy_revision:
-            return None
-        handover = decode_handover(kv.value)
-        return handover.last_slot if handover and handover.last_slot > 0 else None
-
     def _stepping_down(self, reason: StepDownReason) -> None:
         self._changed()
         self._listeners.post(self._on_stepped_down, reason)
@@ -356,6 +243,11 @@ class Singleton(StatusMixin):
 
     def _job_done(self, ctx: TickContext, duration_s: float, error: BaseException | None) -> None:
         self.stats.job_done(duration_s, failed=error is not None)
+        leadership = self._leadership
+        if leadership is not None and leadership.chain is not None:  # its outcome goes into the next claim
+            leadership.chain.finished(ctx.slot, ctx.scheduled_at + ctx.lateness_s, duration_s, outcome(ctx, error),
+                                      "" if error is None else f"{type(error).__name__}: {error}",
+                                      ctx.coalesced_slots[0] if ctx.coalesced_slots else 0)
         if error is not None:
             log.error("job failed in slot %d replica=%s token=%d", ctx.slot, ctx.replica_id, ctx.fencing_token,
                       exc_info=error)

@@ -5,7 +5,6 @@ Mixed into Singleton; reads its state, never changes the election.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -97,7 +96,8 @@ class StatusMixin(GaugeSource):
         return {"is_leader": 1.0 if leading else 0.0,
                 "fencing_token": float(term.fencing_token) if leading and term else 0.0,
                 "lease_remaining": max(0.0, term.keeper.remaining_s(self.clock.monotonic())) if leading and term
-                else 0.0}
+                else 0.0,
+                "clock_skew": self.stats.clock_skew_s}
 
     def health(self) -> list[str]:
         """Problems that mean this process is wedged (liveness); empty when healthy."""
@@ -127,7 +127,7 @@ class StatusMixin(GaugeSource):
         if role not in (Role.LEADER, Role.FOLLOWER):
             problems.append(f"role is {role.value}")
         window = max(5.0, 2 * self.config.keepalive_interval_s + self.config.call_timeout_s)
-        silent = time.monotonic() - self.backend.last_ok_at
+        silent = self.clock.monotonic() - self.backend.last_ok_at  # backends stamp it on the same clock
         if silent > window:
             problems.append(f"no answer from etcd for {silent:.1f} s")
         return problems

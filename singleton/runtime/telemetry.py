@@ -26,6 +26,9 @@ _renewals_failed = meter.create_counter("singleton.renewals_failed", description
 _renewal_latency = meter.create_histogram("singleton.renewal_latency", unit="s", description="Lease renewal round trip")
 _job_duration = meter.create_histogram("singleton.job_duration", unit="s", description="Job run time")
 _tick_lateness = meter.create_histogram("singleton.tick_lateness", unit="s", description="Tick start minus slot time")
+_missed_slots = meter.create_counter("singleton.missed_slots", description="Slots that did not run, by reason: "
+                                     "takeover (nobody claimed them across a leader change), coalesced (covered by "
+                                     "one catch-up run), beyond_window, overrun, late, unclaimed (etcd did not answer)")
 _takeover_time = meter.create_histogram("singleton.takeover_time", unit="s",
                                         description="How long the leader key was vacant before this replica won")
 
@@ -50,6 +53,8 @@ def _observe(name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
 meter.create_observable_gauge("singleton.is_leader", [_observe("is_leader")], description="1 while this replica leads")
 meter.create_observable_gauge("singleton.fencing_token", [_observe("fencing_token")],
                               description="The current term's fencing token (0 when not leading)")
+meter.create_observable_gauge("singleton.clock_skew", [_observe("clock_skew")], unit="s",
+                              description="The last leader's wall clock minus ours, as measured at our last takeover")
 meter.create_observable_gauge("singleton.lease_remaining", [_observe("lease_remaining")], unit="s",
                               description="Lease left, by the leader's local monotonic clock (0 when not leading)")
 
@@ -67,6 +72,8 @@ class Stats:
     renewals_failed: int = 0
     step_downs: Counter[str] = field(default_factory=Counter)
     ticks: Counter[str] = field(default_factory=Counter)
+    missed_slots: Counter[str] = field(default_factory=Counter)
+    clock_skew_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _attrs(self, **extra: str) -> dict[str, str]:
@@ -99,6 +106,16 @@ class Stats:
         _ticks.add(1, self._attrs(outcome=outcome))
         if lateness_s is not None:
             _tick_lateness.record(lateness_s, self._attrs())
+
+    def missed(self, reason: str, count: int) -> None:
+        if count <= 0:
+            return
+        with self._lock:
+            self.missed_slots[reason] += count
+        _missed_slots.add(count, self._attrs(reason=reason))
+
+    def skew(self, seconds: float) -> None:
+        self.clock_skew_s = seconds
 
     def job_done(self, duration_s: float, failed: bool) -> None:
         self.tick("failed" if failed else "ok")

@@ -50,6 +50,11 @@ class AdminStub:
                 request_serializer=singleton_dot_v1_dot_admin__pb2.WatchStatusRequest.SerializeToString,
                 response_deserializer=singleton_dot_v1_dot_admin__pb2.Status.FromString,
                 _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/singleton.v1.Admin/ListRuns',
+                request_serializer=singleton_dot_v1_dot_admin__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=singleton_dot_v1_dot_admin__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -77,6 +82,13 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRuns(self, request, context):
+        """The last claim and the last runs of the job, newest first, read from etcd's run record.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +106,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.WatchStatus,
                     request_deserializer=singleton_dot_v1_dot_admin__pb2.WatchStatusRequest.FromString,
                     response_serializer=singleton_dot_v1_dot_admin__pb2.Status.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=singleton_dot_v1_dot_admin__pb2.ListRunsRequest.FromString,
+                    response_serializer=singleton_dot_v1_dot_admin__pb2.ListRunsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +195,33 @@ class Admin:
             '/singleton.v1.Admin/WatchStatus',
             singleton_dot_v1_dot_admin__pb2.WatchStatusRequest.SerializeToString,
             singleton_dot_v1_dot_admin__pb2.Status.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/singleton.v1.Admin/ListRuns',
+            singleton_dot_v1_dot_admin__pb2.ListRunsRequest.SerializeToString,
+            singleton_dot_v1_dot_admin__pb2.ListRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -18,7 +18,7 @@ import grpc
 from etcd3.etcdrpc import rpc_pb2 as pb
 from etcd3.etcdrpc import rpc_pb2_grpc as pb_grpc
 
-from singleton.backends.abc import Backend, CampaignResult, KeyValue, Lease, WatchEvent, campaign_won
+from singleton.backends.abc import Backend, CampaignResult, Claim, KeyValue, Lease, WatchEvent, campaign_won
 from singleton.backends.etcd.errors import token_rejected, translate
 from singleton.backends.etcd.watch import kv_of, watch
 from singleton.core.config import Endpoint
@@ -200,10 +200,20 @@ class EtcdBackend(Backend):
         return pb.Compare(key=key.encode(), target=pb.Compare.CREATE, result=pb.Compare.EQUAL,
                           create_revision=fencing_token)
 
-    def _guarded(self, what: str, leader_key: str, fencing_token: int, ops: list[Any], timeout_s: float) -> bool:
-        """One transaction: `ops` only while `leader_key` still has create_revision == fencing_token."""
-        request = pb.TxnRequest(compare=[self._created_as(leader_key, fencing_token)], success=ops)
-        return bool(self._txn(what, request, timeout_s).succeeded)
+    def _guarded(self, what: str, leader_key: str, fencing_token: int, ops: list[Any], timeout_s: float,
+                 claim: Claim | None = None) -> int | None:
+        """One transaction: `ops` only while `leader_key` still has create_revision == fencing_token (and the
+        claim key its mod revision; an absent key's is 0). Returns the revision after it, or None when refused."""
+        compare = [self._created_as(leader_key, fencing_token)]
+        if claim is not None:
+            compare.append(pb.Compare(key=claim[0].encode(), target=pb.Compare.MOD, result=pb.Compare.EQUAL,
+                                      mod_revision=claim[1]))
+        resp = self._txn(what, pb.TxnRequest(compare=compare, success=ops), timeout_s)
+        return int(resp.header.revision) if resp.succeeded else None
+
+    @staticmethod
+    def _put(key: str, value: bytes) -> Any:
+        return pb.RequestOp(request_put=pb.PutRequest(key=key.encode(), value=value))
 
     def campaign(self, key: str, value: bytes, lease_id: int, timeout_s: float,
                  also_read: tuple[str, ...] = ()) -> CampaignResult:
@@ -223,19 +233,35 @@ class EtcdBackend(Backend):
         resp = self._unary(f"get {key}", pb_grpc.KVStub, "Range", pb.RangeRequest(key=key.encode()), timeout_s)
         return (kv_of(resp.kvs[0]) if resp.kvs else None), resp.header.revision
 
-    def guarded_put(self, leader_key: str, fencing_token: int, key: str, value: bytes, timeout_s: float) -> bool:
-        put = pb.RequestOp(request_put=pb.PutRequest(key=key.encode(), value=value))
-        return self._guarded(f"guarded put {key}", leader_key, fencing_token, [put], timeout_s)
+    def get_prefix(self, prefix: str, timeout_s: float) -> list[KeyValue]:
+        start = prefix.encode()
+        end = start[:-1] + bytes([start[-1] + 1])  # etcd's range_end for "every key with this prefix"
+        resp = self._unary(f"get {prefix}*", pb_grpc.KVStub, "Range", pb.RangeRequest(key=start, range_end=end),
+                           timeout_s)
+        return [kv_of(kv) for kv in resp.kvs]
 
-    def guarded_delete(self, leader_key: str, fencing_token: int, key: str, timeout_s: float) -> bool:
+    def claim(self, leader_key: str, fencing_token: int, claim: Claim, puts: dict[str, bytes],
+              timeout_s: float) -> int | None:
+        ops = [self._put(k, v) for k, v in puts.items()]
+        return self._guarded(f"claim {claim[0]}", leader_key, fencing_token, ops, timeout_s, claim)
+
+    def guarded_put(self, leader_key: str, fencing_token: int, key: str, value: bytes, timeout_s: float,
+                    claim: Claim | None = None) -> bool:
+        return self._guarded(f"guarded put {key}", leader_key, fencing_token, [self._put(key, value)], timeout_s,
+                             claim) is not None
+
+    def guarded_delete(self, leader_key: str, fencing_token: int, key: str, timeout_s: float,
+                       claim: Claim | None = None) -> bool:
         delete = pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=key.encode()))
-        return self._guarded(f"guarded delete {key}", leader_key, fencing_token, [delete], timeout_s)
+        return self._guarded(f"guarded delete {key}", leader_key, fencing_token, [delete], timeout_s,
+                             claim) is not None
 
     def resign(self, leader_key: str, fencing_token: int, handover_key: str, handover: bytes,
-               timeout_s: float) -> bool:
-        ops = [pb.RequestOp(request_put=pb.PutRequest(key=handover_key.encode(), value=handover)),
-               pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=leader_key.encode()))]
-        return self._guarded(f"resign {leader_key}", leader_key, fencing_token, ops, timeout_s)
+               timeout_s: float, also_put: dict[str, bytes] | None = None) -> bool:
+        ops = [self._put(k, v) for k, v in (also_put or {}).items()]
+        ops += [self._put(handover_key, handover),
+                pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=leader_key.encode()))]
+        return self._guarded(f"resign {leader_key}", leader_key, fencing_token, ops, timeout_s) is not None
 
     def compact(self, revision: int, timeout_s: float) -> None:
         """Drop the history before `revision` (for tests and operators; the library never compacts).

@@ -1,0 +1,163 @@
+"""Standing for election: campaign (grant a lease, one compare-and-swap transaction), and when lost, stand by on a
+watch of the leader key until it is deleted. tenacity decides when to retry after etcd errors; this module does
+the calls and the waiting."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import tenacity
+
+from singleton.backends.abc import Backend, CampaignResult, KeyValue
+from singleton.core.clock import Clock
+from singleton.core.config import Config
+from singleton.core.election import Election, Term
+from singleton.core.errors import BackendError, WatchCompacted
+from singleton.core.lease import LeaseKeeper
+from singleton.core.records import Handover, decode_handover, decode_leader, leader_record
+from singleton.runtime.telemetry import tracer
+
+log = logging.getLogger("singleton")
+
+
+@dataclass(frozen=True)
+class Won:
+    term: Term
+    result: CampaignResult
+    sent_at: float  # monotonic send time of the lease grant: the lease's local expiry counts from it
+    handover: Handover | None  # the predecessor's handover, when it is the very delete that woke us
+    vacant_for_s: float | None  # how long the key stood vacant before we won, when we saw it go
+
+    @property
+    def handover_last_slot(self) -> int | None:
+        return self.handover.last_slot if self.handover is not None and self.handover.last_slot > 0 else None
+
+
+class Campaigner:
+    def __init__(self, config: Config, backend: Backend, clock: Clock, election: Election, stop: threading.Event,
+                 see_leader: Callable[[KeyValue | None], None]) -> None:
+        self.config, self.backend, self.clock, self.election = config, backend, clock, election
+        self._stop = stop
+        self._see_leader = see_leader  # keeps the replica's status current
+        self._vacancy_revision: int | None = None  # revision of the leader-key delete that ended our wait
+        self._vacancy_seen_at: float | None = None  # monotonic time we saw it
+
+    def retrying(self) -> tenacity.Retrying:
+        # tenacity decides when to try again; the stop event makes its sleep interruptible.
+        return tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(BackendError),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.1, max=self.config.campaign_backoff_max_s, jitter=0.2),
+            stop=tenacity.stop_when_event_set(self._stop),
+            sleep=self._sleep,
+            before_sleep=lambda rs: log.warning("etcd not usable (%s); retrying in %.1f s", rs.outcome.exception()
+                                                if rs.outcome else "?", rs.upcoming_sleep),
+            reraise=False,
+        )
+
+    def _sleep(self, seconds: float) -> None:
+        self._stop.wait(seconds)  # a stop ends the back-off at once
+
+    def until_decided(self) -> Won | None:
+        """Campaign until we win, or are stopped (None). A lost campaign waits on the watch for a vacancy."""
+        while not self._stop.is_set():
+            try:
+                term, result, sent_at = self.retrying()(self.once)
+            except tenacity.RetryError:
+                return None
+            if term is not None:
+                seen_at, self._vacancy_seen_at = self._vacancy_seen_at, None
+                vacant_for = None if seen_at is None else self.clock.monotonic() - seen_at
+                return Won(term, result, sent_at, self._handover(result), vacant_for)
+            self._wait_for_vacancy(result)
+        return None
+
+    def once(self) -> tuple[Term | None, CampaignResult, float]:
+        with tracer.start_as_current_span("singleton.campaign", attributes={"singleton.replica_id":
+                                                                           self.config.replica_id}) as span:
+            term, result, sent_at = self._attempt()
+            span.set_attribute("singleton.won", term is not None)
+            span.set_attribute("singleton.fencing_token", result.fencing_token)
+        self._see_leader(result.leader)
+        return term, result, sent_at
+
+    def _attempt(self) -> tuple[Term | None, CampaignResult, float]:
+        cfg = self.config
+        self.election.campaign()
+        sent_at = self.clock.monotonic()
+        try:
+            lease = self.backend.grant_lease(int(cfg.lease_ttl_s), cfg.call_timeout_s)
+        except BackendError:
+            self.election.campaign_failed()
+            raise
+        try:
+            result = self.backend.campaign(cfg.leader_key, leader_record(cfg.replica_id, lease.lease_id,
+                                                                         self.clock.wall()),
+                                           lease.lease_id, cfg.call_timeout_s,
+                                           also_read=(cfg.handover_key, cfg.run_key))
+        except BackendError:
+            self._revoke_quietly(lease.lease_id)  # outcome unknown: revoking also removes our key if written
+            self.election.campaign_failed()
+            raise
+        if result.won:
+            keeper = LeaseKeeper(lease.lease_id, lease.ttl_s, sent_at, min_remaining_ttl_s=cfg.min_remaining_ttl_s,
+                                 max_failed_renewals=cfg.max_failed_renewals)
+            return self.election.won(result.fencing_token, keeper), result, sent_at
+        self._revoke_quietly(lease.lease_id)  # a lost campaign must not leak its lease
+        self.election.lost()
+        return None, result, sent_at
+
+    def _revoke_quietly(self, lease_id: int) -> None:
+        try:
+            self.backend.revoke_lease(lease_id, self.config.call_timeout_s)
+        except BackendError as err:
+            log.warning("could not revoke unused lease %x (it expires by itself): %s", lease_id, err)
+
+    def _handover(self, result: CampaignResult) -> Handover | None:
+        """The predecessor's handover, only if it is the very delete we were woken by."""
+        kv = result.extra.get(self.config.handover_key)
+        if kv is None or self._vacancy_revision is None or kv.mod_revision != self._vacancy_revision:
+            return None
+        return decode_handover(kv.value)
+
+    def _warn_if_our_id(self, holder: KeyValue) -> None:
+        record = decode_leader(holder.value)
+        if record is not None and record.replica_id == self.config.replica_id:
+            # Not us: our lease lost. Either another process has our id, or an earlier run of ours crashed and
+            # its lease has not lapsed yet (a restarted pod keeps its name). We wait like any standby.
+            log.warning("the leader record carries our id %r but not our lease (%x, host %s pid %d): another "
+                        "replica runs with this id, or an earlier run of it crashed; give every replica its own id",
+                        record.replica_id, holder.lease_id, record.host, record.pid)
+
+    def _wait_for_vacancy(self, lost: CampaignResult) -> None:
+        """Watch the leader key until it is deleted (or we stop). No polling decides who leads."""
+        self._vacancy_revision = None
+        if lost.leader is None:
+            return  # vanished between our transaction and now: campaign again at once
+        log.info("standing by: token %d holds %s", lost.leader.create_revision, self.config.leader_key)
+        self._warn_if_our_id(lost.leader)
+        start = lost.revision + 1
+        while not self._stop.is_set():
+            try:
+                for event in self.backend.watch(self.config.leader_key, start, self._stop):
+                    start = event.revision + 1
+                    if event.deleted:
+                        log.info("leader key deleted at revision %d: campaigning", event.revision)
+                        self._vacancy_revision, self._vacancy_seen_at = event.revision, self.clock.monotonic()
+                        self._see_leader(None)
+                        return
+                    self._see_leader(event.kv)
+                    record = decode_leader(event.kv.value)
+                    log.info("leader changed: %s token %d", record.replica_id if record else "?",
+                             event.kv.create_revision)
+                return
+            except WatchCompacted:
+                try:
+                    kv, revision = self.retrying()(self.backend.get, self.config.leader_key,
+                                                   self.config.call_timeout_s)
+                except tenacity.RetryError:
+                    return
+                if kv is None:
+                    return
+                start = revision + 1
