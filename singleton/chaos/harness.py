@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import subprocess
 import threading
 import time
@@ -16,7 +17,8 @@ from singleton.core.timings import DEFAULT, Timings
 from singleton.dev.embedded import EtcdCluster, EtcdMember, etcd_binary
 from singleton.core.errors import BackendError
 from singleton.backends.etcd import EtcdBackend
-from singleton.dev.ledger import FAIL_EVERY_ENV, HOLD_ENV, Tick
+from singleton.core.records import decode_leader
+from singleton.dev.ledger import FAIL_EVERY_ENV, HANG_FILE_ENV, HOLD_ENV, Tick
 from singleton.testing.proxy import CuttableProxy
 from singleton.dev.replicas import ReplicaSet
 from singleton.chaos.clockstep import CLOCK_FILE_ENV
@@ -24,10 +26,21 @@ from singleton.chaos.clockstep import CLOCK_FILE_ENV
 PREFIX = "/singleton-chaos"
 
 
+@dataclass(frozen=True)
+class ReplicaOptions:
+    """How a scenario's replicas are started: a wrapper module of the CLI, extra env and flags, and
+    whether each serves /healthz on a port of its own (for a liveness prober)."""
+
+    module: str = "singleton.chaos.clockstep"
+    env: tuple[tuple[str, str], ...] = ()
+    args: tuple[str, ...] = ()
+    http: bool = False
+
+
 @dataclass
 class FaultEvent:
     name: str
-    kind: str  # graceful, crash, pause, partition, etcd, job, clock, herd
+    kind: str  # graceful, crash, pause, partition, etcd, job, clock, herd, hung
     at_mono: float
     target: str
     healed_at_mono: float | None = None
@@ -48,6 +61,16 @@ class ScenarioRun:
     key_events: list[tuple[float, bool, int]] = field(default_factory=list)  # (monotonic, deleted, token) from etcd
     stale_write_refused: bool | None = None
     ticks: list[Tick] = field(default_factory=list)
+    holders: dict[int, str] = field(default_factory=dict)  # token -> replica id, from the leader key's value
+    probes: list[tuple[float, str, int]] = field(default_factory=list)  # (monotonic, replica, HTTP status)
+    kills: dict[str, float] = field(default_factory=dict)  # replica -> when the liveness prober killed it
+    stopping_mono: float | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class Harness:
@@ -60,6 +83,8 @@ class Harness:
         self.replicas: ReplicaSet | None = None
         self.proxies: dict[str, list[CuttableProxy]] = {}
         self.clock_files: dict[str, Path] = {}
+        self.http_ports: dict[str, int] = {}
+        self.options = ReplicaOptions()
         self.run: ScenarioRun | None = None
         self._next_id = 0
         self._runs = 0
@@ -111,8 +136,10 @@ class Harness:
         return leases
 
     # --- replicas --------------------------------------------------------------------------------------
-    def begin(self, scenario: str) -> ScenarioRun:
+    def begin(self, scenario: str, options: ReplicaOptions | None = None) -> ScenarioRun:
         self._runs += 1
+        self.options = options or ReplicaOptions()
+        self.http_ports = {}
         namespace = f"{self.run_id}-{self._runs}-{scenario}"  # every run its own keys and ledger
         workdir = self.out_dir / "runs" / namespace
         workdir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +160,9 @@ class Harness:
             _, revision = backend.get(key, 10.0)
             for ev in backend.watch(key, revision + 1, stop):
                 run.key_events.append((time.monotonic(), ev.deleted, ev.kv.create_revision))
+                record = None if ev.deleted else decode_leader(ev.kv.value)
+                if record is not None:
+                    run.holders[ev.kv.create_revision] = record.replica_id
         except BackendError:
             pass
         finally:
@@ -148,13 +178,25 @@ class Harness:
         clock_file = self.replicas.workdir / f"{replica}.clock"
         clock_file.write_text("0")
         self.clock_files[replica] = clock_file
-        env = {CLOCK_FILE_ENV: str(clock_file), FAIL_EVERY_ENV: str(fail_every)}
+        env = {CLOCK_FILE_ENV: str(clock_file), FAIL_EVERY_ENV: str(fail_every), HANG_FILE_ENV: str(self.hang_file),
+               **dict(self.options.env)}
         if hold_s is not None:
             env[HOLD_ENV] = str(hold_s)
+        args = list(self.options.args)
+        if self.options.http:
+            self.http_ports[replica] = free_port()
+            args += ["--http-host", "127.0.0.1", "--http-port", str(self.http_ports[replica])]  # the last flag wins
         scheme = "https" if ordered[0].secure else "http"
         self.replicas.start(replica, endpoints=",".join(f"{scheme}://127.0.0.1:{p.port}" for p in proxies),
-                            module="singleton.chaos.broken" if broken else "singleton.chaos.clockstep", env=env)
+                            module="singleton.chaos.broken" if broken else self.options.module, env=env,
+                            extra_args=args)
         return replica
+
+    @property
+    def hang_file(self) -> Path:
+        """Creating this file makes the next tick of this run hang for good (see dev/ledger.py)."""
+        assert self.replicas is not None
+        return self.replicas.workdir / "hang"
 
     def alive(self) -> list[str]:
         assert self.replicas is not None
@@ -182,6 +224,7 @@ class Harness:
     def end(self) -> ScenarioRun:
         assert self.replicas is not None and self.run is not None
         run = self.run
+        run.stopping_mono = time.monotonic()  # terms won from here on are the shutdown's, not the scenario's
         run.stale_write_refused = self._stale_write_refused(run)  # while a leader still stands
         self.replicas.stop_all()
         for proxies in self.proxies.values():

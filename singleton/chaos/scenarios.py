@@ -4,13 +4,29 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from singleton.chaos.compound import COMPOUND_FAULTS, JOB_CANCEL_GRACE_S, JOB_TIMEOUT_S
 from singleton.chaos.faults import FAULTS
-from singleton.chaos.harness import Harness
+from singleton.chaos.harness import Harness, ReplicaOptions
+from singleton.chaos.slowcallbacks import ON_ELECTED_ENV, ON_STEPPED_DOWN_ENV
 from singleton.chaos.verdict import Verdict, judge
 
+ALL_FAULTS = {**FAULTS, **COMPOUND_FAULTS}
 # Each fault is a scenario of its own, so that every verdict speaks of one kind of trouble.
 SCENARIOS: dict[str, list[str]] = {name: [name] for name in FAULTS}
 SCENARIOS["rolling-restart"] = ["sigterm-leader", "sigterm-leader", "sigterm-leader"]
+SCENARIOS["handover-clock-ahead"] = ["sigterm-leader-clock-ahead-30s", "sigterm-leader-clock-ahead-1h"]
+SCENARIOS["hung-job"] = ["hang-leader-job"]
+# Then a graceful stop: before callbacks ran off the safety path, a 5 s on_stepped_down held the handover 5 s.
+SCENARIOS["slow-callback-partition"] = ["partition-leader", "sigterm-leader"]
+
+# Scenarios whose replicas differ from plain `singleton run` (the rest get ReplicaOptions()).
+OPTIONS: dict[str, ReplicaOptions] = {
+    "hung-job": ReplicaOptions(args=("--job-timeout", f"{JOB_TIMEOUT_S:g}", "--job-cancel-grace",
+                                     f"{JOB_CANCEL_GRACE_S:g}"), http=True),
+    # The numbers: 3 s on_elected at TTL 3 made leadership flap with no tick at all.
+    "slow-callback-partition": ReplicaOptions(module="singleton.chaos.slowcallbacks",
+                                              env=((ON_ELECTED_ENV, "3"), (ON_STEPPED_DOWN_ENV, "5"))),
+}
 
 
 def select(spec: str) -> list[str]:
@@ -24,7 +40,7 @@ def select(spec: str) -> list[str]:
 
 
 def run_scenario(h: Harness, name: str, broken: bool = False) -> tuple[Verdict, object]:
-    run = h.begin(name)
+    run = h.begin(name, OPTIONS.get(name))
     error = None
     try:
         for _ in range(h.replica_count):
@@ -33,7 +49,7 @@ def run_scenario(h: Harness, name: str, broken: bool = False) -> tuple[Verdict, 
             raise TimeoutError("no replica ticked within 30 s")
         time.sleep(2)
         for fault in SCENARIOS[name]:
-            FAULTS[fault](h)
+            ALL_FAULTS[fault](h)
             time.sleep(2)
         h.wait_tick(time.monotonic(), h.timings.lease_ttl_s + 5)
         time.sleep(1.5)
@@ -60,6 +76,6 @@ def run_all(h: Harness, names: list[str], rounds: int, progress: Callable[[str],
             progress(f"[{len(results)}/{total}] {name} (round {round_no + 1}): "
                      f"{'held' if verdict.held else 'FAILED'} in {time.monotonic() - started:.0f} s; "
                      f"takeovers {took} s; overlaps {verdict.overlaps}, duplicate slots {verdict.duplicate_slots}, "
-                     f"missed seconds {verdict.missed_seconds}"
+                     f"missed seconds {verdict.missed_seconds}, terms {verdict.terms} (silent {verdict.silent_terms})"
                      + ("" if verdict.held else f"; {'; '.join(verdict.violations)}"))
     return results

@@ -4,10 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from singleton.dev.ledger import Tick, duplicate_slots, overlaps, tokens_grow
+from singleton.chaos.compound import JOB_CANCEL_GRACE_S, JOB_TIMEOUT_S, PROBE_FAILURES
 from singleton.chaos.harness import FaultEvent, ScenarioRun
 from singleton.core.timings import Timings
 
 SLACK_S = 0.5  # process scheduling on a busy 2-core machine
+# A term that stands this long without a tick is a silent one: the ticker ticks within a second of winning.
+SILENT_TERM_S = 2.0
 
 
 @dataclass
@@ -20,7 +23,10 @@ class Verdict:
     duplicate_slots: int = 0
     missed_seconds: int = 0
     ticks: int = 0
+    terms: int = 0  # leader-key terms during the scenario, as etcd saw them
+    silent_terms: int = 0  # of which never ticked though they stood SILENT_TERM_S or longer
     violations: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # documented windows, shown in the report, not violations
 
     @property
     def held(self) -> bool:
@@ -31,9 +37,8 @@ def _first_other(ticks: list[Tick], after: float, old: str | None) -> Tick | Non
     return next((t for t in ticks if t.start_mono > after and t.replica != old), None)
 
 
-def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: Verdict,
-                 key_events: list[tuple[float, bool, int]]) -> None:
-    ttl = timings.lease_ttl_s
+def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: Verdict, run: ScenarioRun) -> None:
+    ttl, key_events = timings.lease_ttl_s, run.key_events
     new = _first_other(ticks, ev.at_mono, ev.old_leader)
     if ev.kind == "graceful":
         old_slots = [t.slot for t in ticks if t.replica == ev.old_leader]
@@ -44,6 +49,14 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
         verdict.takeovers_by_kind.setdefault(ev.kind, []).append(new.start_mono - ev.at_mono)
         if new.slot != max(old_slots) + 1:
             verdict.violations.append(f"{ev.name}: graceful handover missed {new.slot - max(old_slots) - 1} s")
+        # Slot numbers follow the clocks; real time is the monotonic gap (a stepped clock can hide a stall).
+        last_old = max((t.start_mono for t in ticks if t.replica == ev.old_leader and t.start_mono <= ev.at_mono),
+                       default=ev.at_mono)
+        if new.start_mono - last_old > 1 + SLACK_S:
+            verdict.violations.append(f"{ev.name}: the successor first ticked {new.start_mono - last_old:.2f} s "
+                                      f"(real time) after the old leader's last tick (bound 1 s)")
+    elif ev.kind == "hung":
+        _check_hung(ev, ticks, timings, verdict, run)
     elif ev.kind in ("crash", "pause", "partition"):
         if new is None:
             verdict.violations.append(f"{ev.name}: no takeover")
@@ -54,7 +67,10 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
         if took > ttl + 1 + SLACK_S:
             verdict.violations.append(f"{ev.name}: takeover after {took:.2f} s > lease {ttl:g} s + 1 s")
         if ev.kind == "partition":
-            cut = [t for t in ticks if t.replica == ev.old_leader and t.start_mono > ev.at_mono]
+            # The cut term's ticks only: after healing, the same replica may win a later term fairly.
+            term = next((t.token for t in reversed(ticks) if t.replica == ev.old_leader and t.start_mono <= ev.at_mono),
+                        None)
+            cut = [t for t in ticks if t.replica == ev.old_leader and t.token == term and t.start_mono > ev.at_mono]
             if cut:
                 last = cut[-1]
                 if last.start_mono - ev.at_mono > timings.partition_stop_bound_s + 0.1:
@@ -84,6 +100,7 @@ def missed_seconds(ticks: list[Tick]) -> int:
 def judge(run: ScenarioRun, timings: Timings) -> Verdict:
     ticks = sorted(run.ticks, key=lambda t: t.start_mono)
     verdict = Verdict(run.name, [e.name for e in run.events], ticks=len(ticks))
+    _check_terms(run, ticks, timings, verdict)
     if not ticks:
         verdict.violations.append("nothing ticked")
         return verdict
@@ -102,5 +119,96 @@ def judge(run: ScenarioRun, timings: Timings) -> Verdict:
         verdict.violations.append(f"leases left in etcd: {run.leaked_leases[:3]}")
     for event in run.events:
         if event.kind != "skipped":
-            _check_event(event, ticks, timings, verdict, run.key_events)
+            _check_event(event, ticks, timings, verdict, run)
     return verdict
+
+
+def term_spans(run: ScenarioRun) -> list[tuple[int, float, float]]:
+    """(token, put, end) of every term of the leader key up to the scenario's end, from etcd's watch.
+    A delete event carries no create revision: it ends whichever term stands."""
+    stop = run.stopping_mono if run.stopping_mono is not None else float("inf")
+    spans: list[tuple[int, float, float]] = []
+    current: tuple[int, float] | None = None
+    for at, deleted, token in run.key_events:
+        if current is not None and (deleted or token != current[0]):
+            spans.append((current[0], current[1], at))
+            current = None
+        if not deleted and current is None and at < stop:
+            current = (token, at)
+    if current is not None:
+        spans.append((current[0], current[1], stop))
+    return spans
+
+
+def _check_terms(run: ScenarioRun, ticks: list[Tick], timings: Timings, verdict: Verdict) -> None:
+    """No flapping: every term that stood long enough to tick, ticked. Terms won while etcd itself was
+    being broken are left out (the harness's watch may miss their end)."""
+    ticked = {t.token for t in ticks}
+    troubled = [(e.at_mono, (e.healed_at_mono or e.at_mono) + timings.lease_ttl_s + 3) for e in run.events
+                if e.kind == "etcd"]
+    spans = term_spans(run)
+    silent = [(token, end - put) for token, put, end in spans if token not in ticked and end - put >= SILENT_TERM_S
+              and not any(a <= put <= b for a, b in troubled)]
+    verdict.terms, verdict.silent_terms = len(spans), len(silent)
+    if silent:
+        verdict.violations.append(f"silent terms (flapping, or a leader idle on its lease): {len(silent)} of "
+                                  f"{len(spans)} terms never ticked, though they stood "
+                                  f"{', '.join(f'{d:.1f}' for _, d in silent[:5])} s")
+
+
+def _check_hung(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: Verdict, run: ScenarioRun) -> None:
+    """A job that ignores its cancel is the one window no lease can close: the replica must stop ticking,
+    keep its key until its lease lapses (so no standby starts beside the job early), and be restarted."""
+    hung = next((t for t in ticks if t.hung and t.start_mono > ev.at_mono), None)
+    if hung is None:
+        verdict.violations.append(f"{ev.name}: the armed hang never started (harness)")
+        return
+
+    def rel(at: float) -> str:  # seconds into the run, as the timeline shows them
+        return f"+{at - run.started_mono:.2f} s"
+
+    later = [t for t in ticks if t.pid == hung.pid and t.start_mono > hung.start_mono]
+    if later:
+        verdict.violations.append(f"{ev.name}: the hung replica started {len(later)} more tick(s), slot {later[0].slot}")
+    stood_again = [at for at, deleted, token in run.key_events
+                   if not deleted and at > hung.start_mono and run.holders.get(token) == hung.replica]
+    if stood_again:
+        verdict.violations.append(f"{ev.name}: the hung replica won a term again while its job still ran")
+    killed = run.kills.get(hung.replica)
+    first_503 = next((at for at, replica, status in run.probes if replica == hung.replica and status == 503), None)
+    if killed is None:
+        verdict.violations.append(f"{ev.name}: /healthz never answered 503 {PROBE_FAILURES} times in a row: no restart")
+    stepped_down = hung.start_mono + JOB_TIMEOUT_S + JOB_CANCEL_GRACE_S  # as configured
+    new = _first_other(ticks, hung.start_mono, hung.replica)
+    key_gone = next((at for at, deleted, _ in run.key_events if deleted and at > hung.start_mono), None)
+    if new is None:
+        verdict.violations.append(f"{ev.name}: no takeover")
+        return
+    took = new.start_mono - stepped_down
+    verdict.takeovers_s.append(took)
+    verdict.takeovers_by_kind.setdefault(ev.kind, []).append(took)
+    # etcd's account at the first 503: a replica that revoked or deleted at its step-down no longer holds the key.
+    before = [(deleted, token) for at, deleted, token in run.key_events if first_503 is not None and at <= first_503]
+    if first_503 is not None and (not before or before[-1][0] or run.holders.get(before[-1][1]) != hung.replica):
+        verdict.violations.append(f"{ev.name}: the hung replica no longer held its key when it first answered 503: "
+                                  f"it gave up its lease at the step-down, so a standby may start beside its job")
+    if key_gone is None or new.start_mono < key_gone:
+        verdict.violations.append(f"{ev.name}: a standby ticked before the hung leader's key was gone")
+    else:
+        # The lease lapses within its TTL of the step-down (+ etcd's 0.5 s expiry sweep); the standby, woken
+        # by the delete, ticks at its next whole second.
+        if key_gone - stepped_down > timings.lease_ttl_s + 1:
+            verdict.violations.append(f"{ev.name}: the hung leader's key went {key_gone - stepped_down:.2f} s after "
+                                      f"its step-down > lease {timings.lease_ttl_s:g} s + 1 s")
+        if new.start_mono - key_gone > 1 + SLACK_S:
+            verdict.violations.append(f"{ev.name}: the standby ticked {new.start_mono - key_gone:.2f} s after the "
+                                      f"key went (bound 1 s)")
+    job_end = killed if killed is not None else float("inf")
+    alongside = max(0.0, min(job_end, run.stopping_mono or job_end) - new.start_mono)
+    verdict.notes.append(
+        f"{ev.name}: slot {hung.slot} hung on {hung.replica} from {rel(hung.start_mono)} and ignored its cancel "
+        f"(the documented window: a job that ignores cancel runs until its process dies); step-down due at "
+        f"{rel(stepped_down)}; first /healthz 503 at {rel(first_503) if first_503 else 'never'}; killed by the "
+        f"liveness probe at {rel(killed) if killed else 'never'}; key gone at {rel(key_gone) if key_gone else 'never'}; "
+        f"{new.replica}'s first tick at {rel(new.start_mono)}; the hung job ran alongside other ticks for "
+        f"{alongside:.2f} s")

@@ -19,6 +19,9 @@ from singleton.runtime.jobs import TickContext
 LEDGER_ENV = "SINGLETON_LEDGER"
 HOLD_ENV = "SINGLETON_LEDGER_HOLD_S"  # how long each tick "works" (default 0.05 s)
 FAIL_EVERY_ENV = "SINGLETON_LEDGER_FAIL_EVERY"  # raise after every Nth slot (0: never)
+# A file whose existence arms one hang: the first tick (of any replica sharing the path) that removes it
+# never returns and ignores its cancel signal, as a job stuck in a call without a timeout would.
+HANG_FILE_ENV = "SINGLETON_LEDGER_HANG_FILE"
 
 
 class TickFailed(RuntimeError):
@@ -34,10 +37,26 @@ def _append(path: str, record: dict[str, object]) -> None:
         os.close(fd)
 
 
+def _claim_hang() -> bool:
+    """True for exactly one tick per arming: unlink succeeds for one process only."""
+    hang_file = os.environ.get(HANG_FILE_ENV)
+    if not hang_file:
+        return False
+    try:
+        os.unlink(hang_file)
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def record_tick(ctx: TickContext) -> None:
     path = os.environ[LEDGER_ENV]
     base = {"replica": ctx.replica_id, "pid": os.getpid(), "token": ctx.fencing_token, "slot": ctx.slot}
-    _append(path, {**base, "ev": "start", "mono": time.monotonic(), "wall": time.time()})
+    hang = _claim_hang()
+    flag = {"hung": True} if hang else {}
+    _append(path, {**base, "ev": "start", "mono": time.monotonic(), "wall": time.time(), **flag})
+    while hang:  # never ends, cancel or not: only killing the process stops it
+        time.sleep(3600)
     ctx.cancel_event.wait(float(os.environ.get(HOLD_ENV, "0.05")))
     _append(path, {**base, "ev": "end", "mono": time.monotonic(), "wall": time.time(), "cancelled": ctx.cancelled})
     fail_every = int(os.environ.get(FAIL_EVERY_ENV, "0"))
@@ -54,6 +73,7 @@ class Tick:
     start_mono: float
     start_wall: float
     end_mono: float | None = None
+    hung: bool = False  # the tick that claimed the armed hang (it never ends)
 
     @property
     def finished(self) -> bool:
@@ -72,7 +92,8 @@ def read_ledger(path: str | Path) -> list[Tick]:
             continue  # a torn last line of a killed writer
         key = (rec["pid"], rec["slot"])
         if rec["ev"] == "start":
-            ticks[key] = Tick(rec["replica"], rec["pid"], rec["token"], rec["slot"], rec["mono"], rec["wall"])
+            ticks[key] = Tick(rec["replica"], rec["pid"], rec["token"], rec["slot"], rec["mono"], rec["wall"],
+                              hung=rec.get("hung", False))
         elif key in ticks:
             ticks[key].end_mono = rec["mono"]
     return sorted(ticks.values(), key=lambda t: t.start_mono)
