@@ -70,16 +70,21 @@ def test_a_refused_claim_ends_the_term_before_the_job_starts() -> None:
     class RevokingBackend(MemoryBackend):
         """Loses the leader's lease right before its third claim, as a forced revoke would."""
 
-        claims = 0
+        def __init__(self) -> None:
+            super().__init__()
+            self.claimed: list[int] = []  # slots whose claim etcd accepted
+            self.refused: list[int] = []
 
         def claim(self, leader_key: str, fencing_token: int, claim: Claim, puts: dict[str, bytes],
                   timeout_s: float) -> int | None:
-            self.claims += 1
-            if self.claims == 3:
+            slot = RunRecord.FromString(puts[claim[0]]).slot
+            if len(self.claimed) == 2:
                 kv, _ = self.get(leader_key, timeout_s)
                 assert kv is not None
                 self.revoke_lease(kv.lease_id, timeout_s)
-            return super().claim(leader_key, fencing_token, claim, puts, timeout_s)
+            revision = super().claim(leader_key, fencing_token, claim, puts, timeout_s)
+            (self.claimed if revision is not None else self.refused).append(slot)
+            return revision
 
     backend = RevokingBackend()
     started: list[int] = []
@@ -90,8 +95,9 @@ def test_a_refused_claim_ends_the_term_before_the_job_starts() -> None:
     with app:
         wait_for(lambda: reasons, 6, "a step-down")
     assert reasons[0] is StepDownReason.CLAIM_REFUSED
-    assert len(started) == 2  # the refused slot never ran
-    assert record(backend, app.config).slot == started[-1]
+    assert len(backend.refused) == 1 and backend.refused[0] not in started  # the refused slot never ran
+    assert started and set(started) <= set(backend.claimed)  # every run was claimed first
+    assert record(backend, app.config).slot == backend.claimed[-1]
 
 
 def seed_record(backend: MemoryBackend, cfg: Config, slot: int, claimed_at: float) -> None:

@@ -4,6 +4,7 @@ password on the command line)."""
 from __future__ import annotations
 
 import argparse
+import textwrap
 import difflib
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -17,12 +18,14 @@ ENV_PREFIX = "SINGLETON_"
 # SINGLETON_* variables that are not options: the password (never a flag), and the test/chaos jobs' own.
 # tests/test_cli.py checks that every SINGLETON_* name in the package is an option or listed here.
 OTHER_ENV = ("SINGLETON_PASSWORD", "SINGLETON_LEDGER", "SINGLETON_LEDGER_HOLD_S", "SINGLETON_LEDGER_FAIL_EVERY",
-             "SINGLETON_CHAOS_CLOCK_FILE")
+             "SINGLETON_LEDGER_HANG_FILE", "SINGLETON_CHAOS_CLOCK_FILE", "SINGLETON_CHAOS_ON_ELECTED_S",
+             "SINGLETON_CHAOS_ON_STEPPED_DOWN_S")
 # `singleton chaos --scenarios`; tests/test_cli.py checks it against singleton.chaos.scenarios.SCENARIOS
 # (importing that here would load the whole chaos harness for every command).
 CHAOS_SCENARIOS = ("sigkill-leader", "sigterm-leader", "sigstop-leader", "partition-leader", "kill-leader-member",
                    "kill-raft-leader", "quorum-loss", "cluster-restart", "slow-job", "slow-job-past-lease",
-                   "raising-job", "clock-step", "herd", "rolling-restart")
+                   "raising-job", "clock-step", "herd", "rolling-restart", "handover-clock-ahead", "hung-job",
+                   "slow-callback-partition")
 
 
 class UsageError(Exception):
@@ -42,6 +45,10 @@ class _Formatter(argparse.HelpFormatter):
         note = f" (default: {shown})".replace("%", "%%")
         head, tag, tail = text.partition(" [env ")
         return f"{head}{note}{tag}{tail}"
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # Never inside a name: scenario names and flags have hyphens.
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
 
 
 class _Parser(argparse.ArgumentParser):
