@@ -174,7 +174,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         from singleton.ops.commands import watch_leader
 
         return watch_leader(_config(args), as_json=args.json, max_events=args.max_events)
-    from singleton.ops.commands import describe_vacancy, leader_status
+    from singleton.ops.commands import describe_runs, describe_vacancy, leader_status
 
     config = _config(args)
     status = leader_status(config)
@@ -188,6 +188,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{args.name}: leader {leader['replica_id']} (host {leader['host']}, pid {leader['pid']}), "
               f"token {leader['fencing_token']}, leading for {leader['leading_for_s']:.1f} s, "
               f"lease {leader['lease_id']} with {leader['lease_remaining_s']:.0f} s left")
+    print(f"{args.name}: {describe_runs(status.get('runs'))}")
     return 0
 
 

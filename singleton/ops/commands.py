@@ -52,6 +52,7 @@ def leader_status(config: Config, timeout_s: float = 3.0) -> dict[str, Any]:
         kv, revision = backend.get(config.leader_key, timeout_s)
         status: dict[str, Any] = {"name": config.name, "key": config.leader_key, "revision": revision,
                                   "leader": None}
+        status["runs"] = runs_status(backend, config, timeout_s, leading=kv is not None)
         if kv is not None:
             status["leader"] = {**describe_leader(kv),
                                 "lease_remaining_s": backend.lease_remaining_s(kv.lease_id, timeout_s)}
@@ -62,6 +63,37 @@ def leader_status(config: Config, timeout_s: float = 3.0) -> dict[str, Any]:
         return status
     finally:
         backend.close()
+
+
+def runs_status(backend: EtcdBackend, config: Config, timeout_s: float, *, leading: bool) -> dict[str, Any] | None:
+    """The last run (from the history) and the next slot (after the last claim, while someone leads); None when
+    the run record cannot be read or holds nothing."""
+    from singleton.ops.history import read_runs
+
+    try:
+        record, runs = read_runs(backend, config, 1, timeout_s)
+    except SingletonError:
+        return None
+    if record is None:
+        return None
+    last = runs[0] if runs else None
+    return {"last_claimed_slot": record.slot,
+            "last_run": None if last is None else {"slot": last.slot, "outcome": last.outcome,
+                                                   "replica_id": last.replica_id,
+                                                   "duration_s": round(last.duration_s, 6)},
+            "next_slot": record.slot + 1 if leading else None}
+
+
+def describe_runs(runs: dict[str, Any] | None) -> str:
+    if runs is None:
+        return "no run recorded yet"
+    last = runs["last_run"]
+    text = f"last claimed slot {runs['last_claimed_slot']}"
+    if last is not None:
+        text += f"; last finished run: slot {last['slot']} {last['outcome']} on {last['replica_id']}"
+    if runs["next_slot"] is not None:
+        text += f"; next slot {runs['next_slot']}"
+    return text
 
 
 def describe_vacancy(config: Config, status: dict[str, Any]) -> str:
