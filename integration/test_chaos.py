@@ -69,6 +69,19 @@ def test_a_replica_that_ignores_its_lease_fails_the_invariants(tmp_path: Path, s
         verdict.violations
 
 
+@pytest.mark.parametrize("scenario", ["partition-leader", "sigstop-leader"])
+def test_the_run_record_fences_a_replica_that_ignores_its_lease(tmp_path: Path, scenario: str) -> None:
+    """The same broken replica with the run record on: once its term is over, etcd refuses its claims, so it
+    cannot tick beside its successor (the invariants that failed above hold)."""
+    h = Harness(tmp_path, members=1, replicas=2, timings=FAST).start()
+    try:
+        verdict, _ = run_scenario(h, scenario, broken=True, broken_keeps_record=True)
+    finally:
+        h.close()
+    assert verdict.held, verdict.violations
+    assert verdict.overlaps == 0 and verdict.duplicate_slots == 0
+
+
 @pytest.mark.timeout(120)
 def test_on_given_endpoints_it_keeps_to_its_namespace(etcd, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Against "your own" etcd (here the session's): member-level faults are skipped, other keys untouched."""

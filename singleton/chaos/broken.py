@@ -6,7 +6,12 @@ standby takes over, and the ledger shows the overlap.
 """
 from __future__ import annotations
 
+import os
 import sys
+
+# Set to 1 to keep the run record on: then etcd refuses the broken replica's claims once its term is over,
+# which is what the record is for (the default, off, is the replica as it was before the record existed).
+KEEP_RECORD_ENV = "SINGLETON_CHAOS_BROKEN_KEEPS_RECORD"
 
 
 def main() -> int:
@@ -15,7 +20,10 @@ def main() -> int:
     LeaseKeeper.step_down_reason = lambda self, now: None  # type: ignore[method-assign]
     from singleton.ops.cli import main as cli_main
 
-    return cli_main(sys.argv[1:])
+    args = sys.argv[1:]
+    if os.environ.get(KEEP_RECORD_ENV) != "1":
+        args += ["--run-record", "off"]  # the last flag wins
+    return cli_main(args)
 
 
 if __name__ == "__main__":

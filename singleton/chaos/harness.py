@@ -21,6 +21,7 @@ from singleton.core.records import decode_leader
 from singleton.dev.ledger import FAIL_EVERY_ENV, HANG_FILE_ENV, HOLD_ENV, Tick
 from singleton.testing.proxy import CuttableProxy
 from singleton.dev.replicas import ReplicaSet
+from singleton.chaos.broken import KEEP_RECORD_ENV
 from singleton.chaos.clockstep import CLOCK_FILE_ENV
 
 PREFIX = "/singleton-chaos"
@@ -168,7 +169,8 @@ class Harness:
         finally:
             backend.close()
 
-    def start_replica(self, *, hold_s: float | None = None, fail_every: int = 0, broken: bool = False) -> str:
+    def start_replica(self, *, hold_s: float | None = None, fail_every: int = 0, broken: bool = False,
+                      broken_keeps_record: bool = False) -> str:
         assert self.replicas is not None
         replica = f"r{self._next_id}"
         ordered = self._ordered_endpoints(self._next_id)
@@ -182,6 +184,8 @@ class Harness:
                **dict(self.options.env)}
         if hold_s is not None:
             env[HOLD_ENV] = str(hold_s)
+        if broken_keeps_record:
+            env[KEEP_RECORD_ENV] = "1"
         args = list(self.options.args)
         if self.options.http:
             self.http_ports[replica] = free_port()

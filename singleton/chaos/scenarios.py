@@ -39,12 +39,12 @@ def select(spec: str) -> list[str]:
     return names
 
 
-def run_scenario(h: Harness, name: str, broken: bool = False) -> tuple[Verdict, object]:
+def run_scenario(h: Harness, name: str, broken: bool = False, broken_keeps_record: bool = False) -> tuple[Verdict, object]:
     run = h.begin(name, OPTIONS.get(name))
     error = None
     try:
         for _ in range(h.replica_count):
-            h.start_replica(broken=broken)
+            h.start_replica(broken=broken, broken_keeps_record=broken_keeps_record)
         if h.wait_tick(run.started_mono, 30) is None:
             raise TimeoutError("no replica ticked within 30 s")
         time.sleep(2)

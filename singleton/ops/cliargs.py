@@ -19,7 +19,7 @@ ENV_PREFIX = "SINGLETON_"
 # tests/test_cli.py checks that every SINGLETON_* name in the package is an option or listed here.
 OTHER_ENV = ("SINGLETON_PASSWORD", "SINGLETON_LEDGER", "SINGLETON_LEDGER_HOLD_S", "SINGLETON_LEDGER_FAIL_EVERY",
              "SINGLETON_LEDGER_HANG_FILE", "SINGLETON_CHAOS_CLOCK_FILE", "SINGLETON_CHAOS_ON_ELECTED_S",
-             "SINGLETON_CHAOS_ON_STEPPED_DOWN_S")
+             "SINGLETON_CHAOS_ON_STEPPED_DOWN_S", "SINGLETON_CHAOS_BROKEN_KEEPS_RECORD")
 # `singleton chaos --scenarios`; tests/test_cli.py checks it against singleton.chaos.scenarios.SCENARIOS
 # (importing that here would load the whole chaos harness for every command).
 CHAOS_SCENARIOS = ("sigkill-leader", "sigterm-leader", "sigstop-leader", "partition-leader", "kill-leader-member",

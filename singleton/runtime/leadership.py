@@ -20,7 +20,7 @@ from singleton.core.lease import StepDownReason
 from singleton.core.records import Handover
 from singleton.core.term import Act, JobVerdict, StepDown, job_deadline, job_verdict
 from singleton.core.runs import CatchUp, handover_skew_s, plan_catch_up, record_skew_lower_bound_s, SKEW_WARNING_S
-from singleton.core.ticker import CLAIM_AHEAD_S, SlotPlan, Verdict, check_due, first_plan, plan_next
+from singleton.core.ticker import CLAIM_AHEAD_S, MAX_LATENESS_S, SlotPlan, Verdict, check_due, first_plan, plan_next
 from singleton.runtime.jobs import JobRunner, TickContext
 from singleton.runtime.runs import ClaimOutcome, RunChain
 from singleton.runtime.telemetry import Stats
@@ -189,7 +189,7 @@ class Leadership:
                 claim_ahead = unclaimed and self._claim_tried != plan.slot and not self.jobs.busy()
                 if claim_ahead and due.wait_s <= CLAIM_AHEAD_S:
                     self._claim_tried = plan.slot
-                    if self._claim(plan.slot) is ClaimOutcome.REFUSED:
+                    if self._claim(plan.slot, timeout_s=due.wait_s + MAX_LATENESS_S) is ClaimOutcome.REFUSED:
                         return StepDownReason.CLAIM_REFUSED
                     continue
                 # Wake for the claim or the slot, when the lease reaches its margin, or at the job's deadline.
@@ -211,7 +211,7 @@ class Leadership:
             elif unclaimed and chain is not None:
                 # Not claimed ahead (the job was still running then, or etcd did not answer): claim now, then
                 # the loop checks the lease and the time again before running it.
-                outcome = self._claim(plan.slot)
+                outcome = self._claim(plan.slot, timeout_s=MAX_LATENESS_S - due.lateness_s)
                 if outcome is ClaimOutcome.REFUSED:
                     return StepDownReason.CLAIM_REFUSED
                 if outcome is ClaimOutcome.CLAIMED:
@@ -242,9 +242,9 @@ class Leadership:
         return None
 
     # --- the run record -------------------------------------------------------------------------------
-    def _claim(self, slot: int, coalesced_from: int = 0) -> ClaimOutcome:
+    def _claim(self, slot: int, coalesced_from: int = 0, timeout_s: float | None = None) -> ClaimOutcome:
         assert self.chain is not None
-        outcome = self.chain.claim(slot, coalesced_from)
+        outcome = self.chain.claim(slot, coalesced_from, timeout_s)
         if outcome is ClaimOutcome.REFUSED:
             log.warning("claim of slot %d refused: the term or the run record is no longer ours %s", slot, self._tag)
         return outcome

@@ -77,9 +77,12 @@ class RunChain:
             self._add(RunEntry(seq=self.record.seq, slot=self.record.slot, fencing_token=self.record.fencing_token,
                                replica_id=self.record.replica_id, outcome="unknown"))
 
-    def claim(self, slot: int, coalesced_from: int = 0) -> ClaimOutcome:
+    def claim(self, slot: int, coalesced_from: int = 0, timeout_s: float | None = None) -> ClaimOutcome:
+        """`timeout_s`: how long the claim may take (default the call timeout); a claim that cannot finish
+        within its slot's own second is of no use, so the ticker passes what is left of it."""
         cfg = self.config
-        if self._unsure and not self._reread():
+        timeout_s = cfg.call_timeout_s if timeout_s is None else max(0.05, min(timeout_s, cfg.call_timeout_s))
+        if self._unsure and not self._reread(timeout_s):
             return ClaimOutcome.FAILED
         if self.claimed and self.claimed[0] == slot:
             return ClaimOutcome.CLAIMED  # the unanswered claim had been applied after all
@@ -90,8 +93,7 @@ class RunChain:
             pending = list(self._pending)
         puts = {cfg.run_key: record.SerializeToString(), **self._history_puts(pending)}
         try:
-            revision = self.backend.claim(cfg.leader_key, self.token, (cfg.run_key, self.revision), puts,
-                                          cfg.call_timeout_s)
+            revision = self.backend.claim(cfg.leader_key, self.token, (cfg.run_key, self.revision), puts, timeout_s)
         except BackendError as err:
             self._unsure = True
             log.warning("could not claim slot %d (not running it): %s", slot, err)
@@ -104,10 +106,10 @@ class RunChain:
         self.claimed = (slot, revision, seq)
         return ClaimOutcome.CLAIMED
 
-    def _reread(self) -> bool:
+    def _reread(self, timeout_s: float) -> bool:
         """After an unanswered claim: read the record; if our claim was applied, adopt it."""
         try:
-            kv, _ = self.backend.get(self.config.run_key, self.config.call_timeout_s)
+            kv, _ = self.backend.get(self.config.run_key, timeout_s)
         except BackendError:
             return False
         record = decode_run(kv.value) if kv is not None else None
