@@ -81,6 +81,7 @@ def run_all(h: Harness, names: list[str], rounds: int, progress: Callable[[str],
             progress(f"[{len(results)}/{total}] {name} (round {round_no + 1}): "
                      f"{'held' if verdict.held else 'FAILED'} in {time.monotonic() - started:.0f} s; "
                      f"takeovers {took} s; overlaps {verdict.overlaps}, duplicate slots {verdict.duplicate_slots}, "
-                     f"missed seconds {verdict.missed_seconds}, terms {verdict.terms} (silent {verdict.silent_terms})"
+                     f"missed seconds {verdict.missed_seconds}, terms {verdict.terms} (silent {verdict.silent_terms}), "
+                     f"history entries {verdict.history_entries}"
                      + ("" if verdict.held else f"; {'; '.join(verdict.violations)}"))
     return results
