@@ -88,7 +88,7 @@ def check_record(ticks: list[Tick], etcd: EtcdCluster, name: str) -> None:
     assert ticks, "nothing ticked"
     backend = EtcdBackend(etcd.endpoints)
     try:
-        record, entries = read_runs(backend, Config(endpoints=etcd.endpoints, name=name), HISTORY_SIZE)
+        record, entries = read_runs(backend, Config(endpoints=tuple(etcd.endpoints), name=name), HISTORY_SIZE)
     finally:
         backend.close()
     problems = safety_violations(ticks) + record_violations(ticks, entries, record, HISTORY_SIZE)
@@ -146,7 +146,7 @@ def test_catch_up_coalesce_runs_once_at_once_for_the_slots_nobody_claimed(etcd: 
     old_ticks = [t for t in ticks if t.replica == old]
     backend = EtcdBackend(etcd.endpoints)
     try:
-        _, entries = read_runs(backend, Config(endpoints=etcd.endpoints, name=name), HISTORY_SIZE)
+        _, entries = read_runs(backend, Config(endpoints=tuple(etcd.endpoints), name=name), HISTORY_SIZE)
     finally:
         backend.close()
     # The old leader's last claim, as the successor recorded it (outcome unknown): its last tick, or the slot
