@@ -1,8 +1,10 @@
 """`python -m singleton.chaos.broken run ...`: a deliberately broken replica that ignores its lease.
 
-It never steps down on its own (no remaining-TTL check, no failed-renewal count). It exists only to prove
-that the chaos invariants can fail: a cut-off or paused leader of this kind goes on ticking while a
-standby takes over, and the ledger shows the overlap.
+It never steps down on its own (no remaining-TTL check, no failed-renewal count), and it claims no run in etcd
+(`--run-record off`): the claim's compare on the leader key would refuse a cut-off or thawed leader's next slot
+and so hide its broken lease handling. It exists only to prove that the chaos invariants can fail: a cut-off or
+paused leader of this kind goes on ticking while a standby takes over, the ledger shows the overlap, and the
+run-record check finds ticks that etcd's history never heard of.
 """
 from __future__ import annotations
 

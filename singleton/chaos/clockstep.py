@@ -39,13 +39,18 @@ def install(path: str) -> None:
 
     offset = [0.0]
 
+    def read() -> None:
+        try:
+            offset[0] = float(open(path).read().strip() or 0)
+        except (OSError, ValueError):
+            pass
+
     def poll() -> None:
         while True:
-            try:
-                offset[0] = float(open(path).read().strip() or 0)
-            except (OSError, ValueError):
-                pass
+            read()
             time.sleep(0.05)
+
+    read()  # a replica started on a skewed host is skewed from its first clock read on
 
     threading.Thread(target=poll, daemon=True, name="chaos-clock").start()
     stepped = _SteppedTime(offset)

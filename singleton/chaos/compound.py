@@ -84,7 +84,7 @@ class LivenessProber:
                     h.replicas.signal(replica, signal.SIGKILL)
                     h.replicas.procs[replica].wait(10)
                     h.run.kills[replica] = time.monotonic()
-                    h.start_replica()  # the restarted pod: a new process, a new replica id
+                    h.start_replica(in_place_of=replica)  # the restarted pod: a new process, a new replica id
 
 
 def hang_leader_job(h: Harness) -> FaultEvent:

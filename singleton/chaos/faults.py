@@ -27,7 +27,7 @@ def _signal_leader(h: Harness, name: str, kind: str, sig: int, hold_s: float = 0
     else:
         h.replicas.procs[leader].wait(30)
         event.healed_at_mono = time.monotonic()
-        h.start_replica()  # keep N replicas
+        h.start_replica(in_place_of=leader)  # keep N replicas (on the same hosts, clocks and all)
     h.wait_tick(event.at_mono, h.timings.lease_ttl_s + 5, exclude=leader)
     return event
 

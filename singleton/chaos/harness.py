@@ -23,8 +23,13 @@ from singleton.testing.proxy import CuttableProxy
 from singleton.dev.replicas import ReplicaSet
 from singleton.chaos.broken import KEEP_RECORD_ENV
 from singleton.chaos.clockstep import CLOCK_FILE_ENV
+from singleton.ops.history import read_runs
+from singleton.v1.run_pb2 import RunEntry, RunRecord
 
 PREFIX = "/singleton-chaos"
+# The history ring of the chaos replicas: large enough that every run of a scenario stays in it, so the verdict
+# can match each ledger tick with its entry (a scenario claims well under one slot a second of its length).
+HISTORY_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,9 @@ class ReplicaOptions:
     env: tuple[tuple[str, str], ...] = ()
     args: tuple[str, ...] = ()
     http: bool = False
+    # Wall-clock offsets of the first replicas, in order of start (missing: 0); a replica started in place of
+    # another (after a kill or a stop) keeps its offset: it runs on the same host.
+    clock_offsets_s: tuple[float, ...] = ()
 
 
 @dataclass
@@ -66,6 +74,11 @@ class ScenarioRun:
     probes: list[tuple[float, str, int]] = field(default_factory=list)  # (monotonic, replica, HTTP status)
     kills: dict[str, float] = field(default_factory=dict)  # replica -> when the liveness prober killed it
     stopping_mono: float | None = None
+    clock_offsets_s: dict[str, float] = field(default_factory=dict)  # replica -> its wall clock's offset at start
+    # The run record as etcd holds it at the end (None: not read; see history_error).
+    run_record: RunRecord | None = None
+    history: list[RunEntry] | None = None
+    history_error: str | None = None
 
 
 def free_port() -> int:
@@ -144,8 +157,8 @@ class Harness:
         namespace = f"{self.run_id}-{self._runs}-{scenario}"  # every run its own keys and ledger
         workdir = self.out_dir / "runs" / namespace
         workdir.mkdir(parents=True, exist_ok=True)
-        self.replicas = ReplicaSet(workdir, "", namespace, [*self.timings.cli_args(), "--prefix", PREFIX],
-                                   hold_s=self.hold_s)
+        self.replicas = ReplicaSet(workdir, "", namespace, [*self.timings.cli_args(), "--prefix", PREFIX,
+                                                            "--history-size", str(HISTORY_SIZE)], hold_s=self.hold_s)
         self.run = ScenarioRun(scenario, workdir, namespace, time.monotonic())
         self._watch_stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch_leader_key, args=(self.run, self._watch_stop),
@@ -170,15 +183,20 @@ class Harness:
             backend.close()
 
     def start_replica(self, *, hold_s: float | None = None, fail_every: int = 0, broken: bool = False,
-                      broken_keeps_record: bool = False) -> str:
-        assert self.replicas is not None
+                      broken_keeps_record: bool = False, in_place_of: str | None = None) -> str:
+        assert self.replicas is not None and self.run is not None
         replica = f"r{self._next_id}"
+        offsets = self.options.clock_offsets_s
+        started = len(self.run.clock_offsets_s)
+        offset = (self.run.clock_offsets_s.get(in_place_of, 0.0) if in_place_of is not None
+                  else offsets[started] if started < len(offsets) else 0.0)
+        self.run.clock_offsets_s[replica] = offset
         ordered = self._ordered_endpoints(self._next_id)
         self._next_id += 1
         proxies = [CuttableProxy(e.host, e.port) for e in ordered]
         self.proxies[replica] = proxies
         clock_file = self.replicas.workdir / f"{replica}.clock"
-        clock_file.write_text("0")
+        clock_file.write_text(f"{offset:g}")
         self.clock_files[replica] = clock_file
         env = {CLOCK_FILE_ENV: str(clock_file), FAIL_EVERY_ENV: str(fail_every), HANG_FILE_ENV: str(self.hang_file),
                **dict(self.options.env)}
@@ -247,8 +265,20 @@ class Harness:
                 break
             time.sleep(0.5)
         run.leaked_leases = leaked
+        self._read_record(run)
         self.replicas = None
         return run
+
+    def _read_record(self, run: ScenarioRun) -> None:
+        """The run record and the whole history ring, for the verdict to match against the ledger."""
+        backend = self.backend()
+        try:
+            cfg = Config(endpoints=tuple(self.endpoints), name=run.namespace, prefix=PREFIX)
+            run.run_record, run.history = read_runs(backend, cfg, HISTORY_SIZE, timeout_s=10.0)
+        except BackendError as err:
+            run.history_error = f"{type(err).__name__}: {err}"
+        finally:
+            backend.close()
 
     def _stale_write_refused(self, run: ScenarioRun) -> bool | None:
         """An independent client writes with the oldest token in the ledger while a newer term stands:

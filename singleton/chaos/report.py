@@ -65,7 +65,9 @@ def write_report(out: Path, results: list[tuple[Verdict, ScenarioRun]], timings:
         "clocks say; a cut-off leader stops within two renewals or the margin, before its lease can lapse; every "
         "term that stands 2 s ticks (no flapping); a hung job's replica ticks no more, keeps its key until the "
         "lease lapses and is restarted by its liveness probe; "
-        "ticking resumes after every fault heals; no lease left in etcd afterwards.", "",
+        "ticking resumes after every fault heals; no lease left in etcd afterwards; etcd's run history has one "
+        "entry per tick, with its slot and token (no slot claimed twice, seq growing with slot); a successor logs "
+        "the skew of a predecessor whose clock differs.", "",
         "## By scenario", "",
         "| scenario | runs | faults | takeovers p50 / p99 / max (s) | overlaps | duplicate slots | missed seconds | verdict |",
         "|---|---|---|---|---|---|---|---|",

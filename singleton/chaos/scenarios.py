@@ -18,6 +18,10 @@ SCENARIOS["handover-clock-ahead"] = ["sigterm-leader-clock-ahead-30s", "sigterm-
 SCENARIOS["hung-job"] = ["hang-leader-job"]
 # Then a graceful stop: before callbacks ran off the safety path, a 5 s on_stepped_down held the handover 5 s.
 SCENARIOS["slow-callback-partition"] = ["partition-leader", "sigterm-leader"]
+# Hosts whose clocks disagree (-3 s, 0, +3 s): rolling restarts and crashes of the leader, every handover
+# between two different clocks; slots must neither repeat nor stall, and each successor must log the skew.
+SCENARIOS["skewed-clocks"] = ["sigterm-leader", "sigkill-leader", "sigterm-leader", "sigterm-leader",
+                              "sigkill-leader"]
 
 # Scenarios whose replicas differ from plain `singleton run` (the rest get ReplicaOptions()).
 OPTIONS: dict[str, ReplicaOptions] = {
@@ -26,6 +30,7 @@ OPTIONS: dict[str, ReplicaOptions] = {
     # The issue's numbers: 3 s on_elected at TTL 3 made leadership flap with no tick at all.
     "slow-callback-partition": ReplicaOptions(module="singleton.chaos.slowcallbacks",
                                               env=((ON_ELECTED_ENV, "3"), (ON_STEPPED_DOWN_ENV, "5"))),
+    "skewed-clocks": ReplicaOptions(clock_offsets_s=(-3.0, 0.0, 3.0)),
 }
 
 
@@ -76,6 +81,7 @@ def run_all(h: Harness, names: list[str], rounds: int, progress: Callable[[str],
             progress(f"[{len(results)}/{total}] {name} (round {round_no + 1}): "
                      f"{'held' if verdict.held else 'FAILED'} in {time.monotonic() - started:.0f} s; "
                      f"takeovers {took} s; overlaps {verdict.overlaps}, duplicate slots {verdict.duplicate_slots}, "
-                     f"missed seconds {verdict.missed_seconds}, terms {verdict.terms} (silent {verdict.silent_terms})"
+                     f"missed seconds {verdict.missed_seconds}, terms {verdict.terms} (silent {verdict.silent_terms}), "
+                     f"history entries {verdict.history_entries}"
                      + ("" if verdict.held else f"; {'; '.join(verdict.violations)}"))
     return results

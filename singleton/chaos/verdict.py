@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 
 from singleton.dev.ledger import Tick, duplicate_slots, overlaps, tokens_grow
 from singleton.chaos.compound import JOB_CANCEL_GRACE_S, JOB_TIMEOUT_S, PROBE_FAILURES
-from singleton.chaos.harness import FaultEvent, ScenarioRun
+from singleton.chaos.harness import HISTORY_SIZE, FaultEvent, ScenarioRun
+from singleton.chaos.recordcheck import record_violations
 from singleton.core.timings import Timings
 
 SLACK_S = 0.5  # process scheduling on a busy 2-core machine
@@ -25,6 +26,7 @@ class Verdict:
     ticks: int = 0
     terms: int = 0  # leader-key terms during the scenario, as etcd saw them
     silent_terms: int = 0  # of which never ticked though they stood SILENT_TERM_S or longer
+    history_entries: int = 0  # runs in etcd's history ring at the end
     violations: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # documented windows, shown in the report, not violations
 
@@ -47,14 +49,27 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
             return
         verdict.takeovers_s.append(new.start_mono - ev.at_mono)
         verdict.takeovers_by_kind.setdefault(ev.kind, []).append(new.start_mono - ev.at_mono)
-        if new.slot != max(old_slots) + 1:
-            verdict.violations.append(f"{ev.name}: graceful handover missed {new.slot - max(old_slots) - 1} s")
+        old_last = max((t for t in ticks if t.replica == ev.old_leader and t.start_mono <= ev.at_mono),
+                       key=lambda t: t.start_mono, default=None)
+        # A successor whose wall clock is ahead numbers its first slot by that clock: the numbers jump by the
+        # clocks' difference (from the ledger: wall minus monotonic of both ticks), the job does not stall.
+        ahead_s = 0.0 if old_last is None else max(0.0, (new.start_wall - old_last.start_wall)
+                                                    - (new.start_mono - old_last.start_mono))
+        jumped = new.slot - max(old_slots) - 1
+        if jumped < 0 or jumped > ahead_s + SLACK_S:
+            verdict.violations.append(f"{ev.name}: graceful handover missed {jumped} s")
+        elif jumped:
+            verdict.notes.append(f"{ev.name}: slot numbers jumped by {jumped} at the handover: {new.replica}'s wall "
+                                 f"clock is {ahead_s:.1f} s ahead of {ev.old_leader}'s (no second of real time lost)")
         # Slot numbers follow the clocks; real time is the monotonic gap (a stepped clock can hide a stall).
-        last_old = max((t.start_mono for t in ticks if t.replica == ev.old_leader and t.start_mono <= ev.at_mono),
-                       default=ev.at_mono)
+        last_old = old_last.start_mono if old_last is not None else ev.at_mono
         if new.start_mono - last_old > 1 + SLACK_S:
             verdict.violations.append(f"{ev.name}: the successor first ticked {new.start_mono - last_old:.2f} s "
                                       f"(real time) after the old leader's last tick (bound 1 s)")
+        skew_s = run.clock_offsets_s.get(ev.old_leader or "", 0.0) - run.clock_offsets_s.get(new.replica, 0.0)
+        if abs(skew_s) >= SKEW_MUST_WARN_S and not _warned_skew(run, new):
+            verdict.violations.append(f"{ev.name}: {new.replica} took over from {ev.old_leader}, whose clock is "
+                                      f"{skew_s:+g} s from its own, without a 'clock skew' warning")
     elif ev.kind == "hung":
         _check_hung(ev, ticks, timings, verdict, run)
     elif ev.kind in ("crash", "pause", "partition"):
@@ -90,6 +105,17 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
         verdict.violations.append(f"{ev.name}: ticking did not resume within {bound:g} s after healing")
 
 
+# Replicas started with clocks this far apart (ReplicaOptions.clock_offsets_s) must log the skew at a handover
+# (the replica warns above core.runs.SKEW_WARNING_S; the handover measures it to within the watch's delivery).
+SKEW_MUST_WARN_S = 1.0
+
+
+def _warned_skew(run: ScenarioRun, new: Tick) -> bool:
+    log = run.workdir / f"{new.replica}.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return any("clock skew:" in line and f"token={new.token}" in line for line in text.splitlines())
+
+
 def missed_seconds(ticks: list[Tick]) -> int:
     """Seconds of real time with no tick, from the gaps between tick starts on the monotonic clock
     (slot numbers jump when a wall clock is stepped, real time does not)."""
@@ -120,7 +146,18 @@ def judge(run: ScenarioRun, timings: Timings) -> Verdict:
     for event in run.events:
         if event.kind != "skipped":
             _check_event(event, ticks, timings, verdict, run)
+    _check_record(run, ticks, verdict)
     return verdict
+
+
+def _check_record(run: ScenarioRun, ticks: list[Tick], verdict: Verdict) -> None:
+    """etcd's history of the runs must tell the ledger's story (see chaos/recordcheck.py)."""
+    if run.history is None:
+        verdict.violations.append(f"the run record could not be read: {run.history_error or 'not read'}")
+        return
+    verdict.history_entries = len(run.history)
+    verdict.violations += [f"run record: {p}" for p in record_violations(ticks, run.history, run.run_record,
+                                                                          HISTORY_SIZE)]
 
 
 def term_spans(run: ScenarioRun) -> list[tuple[int, float, float]]:

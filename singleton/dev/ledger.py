@@ -53,7 +53,9 @@ def record_tick(ctx: TickContext) -> None:
     path = os.environ[LEDGER_ENV]
     base = {"replica": ctx.replica_id, "pid": os.getpid(), "token": ctx.fencing_token, "slot": ctx.slot}
     hang = _claim_hang()
-    flag = {"hung": True} if hang else {}
+    flag: dict[str, object] = {"hung": True} if hang else {}
+    if ctx.coalesced_slots is not None:  # a catch-up run: the slots it stands in for
+        flag["coalesced"] = list(ctx.coalesced_slots)
     _append(path, {**base, "ev": "start", "mono": time.monotonic(), "wall": time.time(), **flag})
     while hang:  # never ends, cancel or not: only killing the process stops it
         time.sleep(3600)
@@ -74,6 +76,7 @@ class Tick:
     start_wall: float
     end_mono: float | None = None
     hung: bool = False  # the tick that claimed the armed hang (it never ends)
+    coalesced: tuple[int, int] | None = None  # a catch-up run (--catch-up coalesce): first and last slot it stood for
 
     @property
     def finished(self) -> bool:
@@ -92,8 +95,10 @@ def read_ledger(path: str | Path) -> list[Tick]:
             continue  # a torn last line of a killed writer
         key = (rec["pid"], rec["slot"])
         if rec["ev"] == "start":
+            stood_for = rec.get("coalesced")
             ticks[key] = Tick(rec["replica"], rec["pid"], rec["token"], rec["slot"], rec["mono"], rec["wall"],
-                              hung=rec.get("hung", False))
+                              hung=rec.get("hung", False),
+                              coalesced=(stood_for[0], stood_for[1]) if stood_for else None)
         elif key in ticks:
             ticks[key].end_mono = rec["mono"]
     return sorted(ticks.values(), key=lambda t: t.start_mono)

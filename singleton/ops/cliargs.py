@@ -25,7 +25,7 @@ OTHER_ENV = ("SINGLETON_PASSWORD", "SINGLETON_LEDGER", "SINGLETON_LEDGER_HOLD_S"
 CHAOS_SCENARIOS = ("sigkill-leader", "sigterm-leader", "sigstop-leader", "partition-leader", "kill-leader-member",
                    "kill-raft-leader", "quorum-loss", "cluster-restart", "slow-job", "slow-job-past-lease",
                    "raising-job", "clock-step", "herd", "rolling-restart", "handover-clock-ahead", "hung-job",
-                   "slow-callback-partition")
+                   "slow-callback-partition", "skewed-clocks")
 
 
 class UsageError(Exception):

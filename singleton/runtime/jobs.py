@@ -81,6 +81,7 @@ class _Tick:
     finished: threading.Event = field(default_factory=threading.Event)
     future: concurrent.futures.Future[Any] | None = None
     cancelled_at: float | None = None
+    reported: bool = False
 
 
 class JobRunner:
@@ -167,14 +168,18 @@ class JobRunner:
 
     def _finish(self, tick: _Tick, error: BaseException | None) -> None:
         with self._lock:
-            if tick.finished.is_set():
-                return  # reported already
-            tick.finished.set()
+            if tick.reported:
+                return
+            tick.reported = True
         duration = self._clock.monotonic() - tick.started_at
         try:
+            # Reported before it counts as finished: the next claim (which folds this run's outcome into the
+            # history) and a handover wait for `finished`, so the report is never behind them.
             self._on_done(tick.ctx, duration, error)
         except Exception:  # pragma: no cover - reporting must never kill the job thread
             log.exception("tick report failed")
+        finally:
+            tick.finished.set()
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         if self._caller_loop is not None:

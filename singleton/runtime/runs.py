@@ -56,6 +56,7 @@ class RunChain:
         self._unsure = False  # a claim went unanswered: it may have been applied
         self._pending: list[RunEntry] = []  # finished runs not yet written to the history
         self.claimed: tuple[int, int, int] | None = None  # (slot, claim revision, seq) of our latest claim
+        self._seqs: dict[int, int] = {}  # slot -> seq of our recent claims (a run may report after the next claim)
 
     @property
     def last_slot(self) -> int | None:
@@ -68,8 +69,15 @@ class RunChain:
         return (self.config.run_key, claimed[1]) if claimed and claimed[0] == slot else None
 
     def seq_of(self, slot: int) -> int:
-        claimed = self.claimed
-        return claimed[2] if claimed and claimed[0] == slot else 0
+        with self._lock:
+            return self._seqs.get(slot, 0)
+
+    def _claimed(self, slot: int, revision: int, seq: int) -> None:
+        self.claimed = (slot, revision, seq)
+        with self._lock:
+            self._seqs[slot] = seq
+            for old in sorted(self._seqs)[:-8]:  # bounded: a report comes at most a few claims late
+                del self._seqs[old]
 
     def unknown_outcome_of_predecessor(self) -> None:
         """After a takeover that was not a handover, the last claimed run's outcome died with its leader."""
@@ -103,7 +111,7 @@ class RunChain:
         with self._lock:
             del self._pending[:len(pending)]
         self.revision, self.record, self._seq = revision, record, seq
-        self.claimed = (slot, revision, seq)
+        self._claimed(slot, revision, seq)
         return ClaimOutcome.CLAIMED
 
     def _reread(self, timeout_s: float) -> bool:
@@ -115,7 +123,7 @@ class RunChain:
         record = decode_run(kv.value) if kv is not None else None
         if kv is not None and record is not None and record.fencing_token == self.token and record.seq > self._seq:
             self.revision, self.record, self._seq = kv.mod_revision, record, record.seq
-            self.claimed = (record.slot, kv.mod_revision, record.seq)
+            self._claimed(record.slot, kv.mod_revision, record.seq)
             with self._lock:  # what that claim carried is in the history now
                 self._pending = [e for e in self._pending if e.seq >= record.seq]
         self._unsure = False
