@@ -247,3 +247,41 @@ def test_a_wall_clock_step_is_reported_once_however_often_the_wait_is_woken(capl
     with caplog.at_level("WARNING", logger="singleton"):
         run_loop(clock, jobs, on_wait, stop_after_s=2.5, longest_wait_s=0.2)
     assert len([r for r in caplog.records if "wall clock stepped" in r.getMessage()]) == 1
+
+
+def test_each_slot_is_claimed_ahead_of_its_second_even_right_after_the_previous_run_started():
+    from singleton.runtime.runs import RunChain
+
+    clock = FakeClock(wall=T0 + 0.5)
+    backend = MemoryBackend(clock)
+    cfg = Config(endpoints="127.0.0.1:2379", name="t", replica_id="r1")
+    lease = backend.grant_lease(10, 1.0)
+    won = backend.campaign(cfg.leader_key, b"r1", lease.lease_id, 1.0)
+    claims: list[tuple[int, float]] = []  # (slot, wall time of the claim)
+    original = backend.claim
+
+    def claim(*args, **kwargs):  # type: ignore[no-untyped-def]
+        revision = original(*args, **kwargs)
+        from singleton.runtime.runs import decode_run
+        claims.append((decode_run(args[3][cfg.run_key]).slot, clock.wall()))  # type: ignore[union-attr]
+        return revision
+
+    backend.claim = claim  # type: ignore[method-assign]
+    keeper = LeaseKeeper(lease.lease_id, 10.0, clock.monotonic(), min_remaining_ttl_s=2.0, max_failed_renewals=2)
+    election = Election()
+    election.campaign()
+    term = election.won(won.fencing_token, keeper)
+    jobs = FakeJobs(clock, duration_s=0.3)  # still running when the next wait is planned
+    end = clock.monotonic() + 5.5
+
+    def renew(c: FakeClock) -> None:
+        keeper.renewal_succeeded(c.monotonic(), 10.0)
+
+    leadership = Leadership(cfg, backend, clock, election, term, jobs, Stats("r1"),
+                            FakeWake(clock, renew),  # type: ignore[arg-type]
+                            lambda: StepDownReason.SHUTDOWN if clock.monotonic() >= end else None,
+                            chain=RunChain(cfg, backend, clock, term.fencing_token, None))
+    leadership._tick_until_step_down(None)
+    started = [s for s, _ in jobs.started]
+    assert len(started) >= 4 and started == [s for s, _ in claims][:len(started)]  # every run was claimed first
+    assert all(slot - at >= 0.2 for slot, at in claims), claims  # made ~0.25 s ahead, never at the slot

@@ -185,11 +185,14 @@ class Leadership:
                 log.warning("wall clock stepped by %+.3f s %s; slots keep their order", due.clock_step_s, self._tag)
             unclaimed = chain is not None and chain.claim_of(plan.slot) is None
             if due.verdict is Verdict.WAIT:
-                # The claim is made ahead of the slot, so the job still starts on the whole second.
-                claim_ahead = unclaimed and self._claim_tried != plan.slot and not self.jobs.busy()
+                # The claim is made ahead of the slot, so the job still starts on the whole second. Whether the
+                # previous run still goes is decided at that moment, not when the wait is planned (just after
+                # starting that run, it always does): a run still going then is claimed late, if it ends in time.
+                claim_ahead = unclaimed and self._claim_tried != plan.slot
                 if claim_ahead and due.wait_s <= CLAIM_AHEAD_S:
                     self._claim_tried = plan.slot
-                    if self._claim(plan.slot, timeout_s=due.wait_s + MAX_LATENESS_S) is ClaimOutcome.REFUSED:
+                    if not self.jobs.busy() and self._claim(plan.slot, timeout_s=due.wait_s + MAX_LATENESS_S) \
+                            is ClaimOutcome.REFUSED:
                         return StepDownReason.CLAIM_REFUSED
                     continue
                 # Wake for the claim or the slot, when the lease reaches its margin, or at the job's deadline.
