@@ -12,7 +12,7 @@ from singleton import Config, MemoryBackend, Singleton, StepDownReason, TickCont
 from singleton.backends.abc import Backend, Claim
 from singleton.core.clock import SystemClock
 from singleton.core.timings import FAST
-from singleton.runtime.runs import decode_entry, decode_run
+from singleton.core.records import decode_entry, decode_run
 from singleton.testing.recorder import Recorder, wait_for
 from singleton.v1.run_pb2 import RunRecord
 

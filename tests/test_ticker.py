@@ -262,7 +262,7 @@ def test_each_slot_is_claimed_ahead_of_its_second_even_right_after_the_previous_
 
     def claim(*args, **kwargs):  # type: ignore[no-untyped-def]
         revision = original(*args, **kwargs)
-        from singleton.runtime.runs import decode_run
+        from singleton.core.records import decode_run
         claims.append((decode_run(args[3][cfg.run_key]).slot, clock.wall()))  # type: ignore[union-attr]
         return revision
 

@@ -1,14 +1,19 @@
-"""The values stored in etcd: protobuf messages from proto/singleton/v1/leader.proto."""
+"""The values stored in etcd: protobuf messages from proto/singleton/v1/ (leader.proto, run.proto)."""
 from __future__ import annotations
 
 import os
 import socket
+from typing import TypeVar
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from singleton.v1.leader_pb2 import Handover, LeaderRecord
+from singleton.v1.run_pb2 import RunEntry, RunRecord
 
-__all__ = ["Handover", "LeaderRecord", "leader_record", "decode_leader", "decode_handover"]
+__all__ = ["Handover", "LeaderRecord", "RunEntry", "RunRecord", "leader_record", "decode_leader", "decode_handover",
+           "decode_run", "decode_entry"]
+
+M = TypeVar("M", bound=Message)
 
 
 def leader_record(replica_id: str, lease_id: int, elected_at_unix_s: float) -> bytes:
@@ -16,16 +21,25 @@ def leader_record(replica_id: str, lease_id: int, elected_at_unix_s: float) -> b
                         elected_at_unix_s=elected_at_unix_s, lease_id=lease_id).SerializeToString()
 
 
-def decode_leader(data: bytes) -> LeaderRecord | None:
+def _decode(message: type[M], data: bytes) -> M | None:
     """None for a value this version cannot read (someone else's key, or garbage)."""
     try:
-        return LeaderRecord.FromString(data)
+        return message.FromString(data)
     except DecodeError:
         return None
+
+
+def decode_leader(data: bytes) -> LeaderRecord | None:
+    return _decode(LeaderRecord, data)
 
 
 def decode_handover(data: bytes) -> Handover | None:
-    try:
-        return Handover.FromString(data)
-    except DecodeError:
-        return None
+    return _decode(Handover, data)
+
+
+def decode_run(data: bytes) -> RunRecord | None:
+    return _decode(RunRecord, data)
+
+
+def decode_entry(data: bytes) -> RunEntry | None:
+    return _decode(RunEntry, data)

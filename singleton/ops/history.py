@@ -7,7 +7,7 @@ from typing import Any
 
 from singleton.backends.abc import Backend
 from singleton.core.config import Config
-from singleton.runtime.runs import decode_entry, decode_run
+from singleton.core.records import decode_entry, decode_run
 from singleton.v1.run_pb2 import RunEntry, RunRecord
 
 

@@ -11,14 +11,12 @@ import enum
 import logging
 import threading
 
-from google.protobuf.message import DecodeError
-
 from singleton.backends.abc import Backend, Claim, KeyValue
 from singleton.core.clock import Clock
 from singleton.core.config import Config
 from singleton.core.errors import BackendError
 from singleton.core.runs import history_index
-from singleton.v1.run_pb2 import RunEntry, RunRecord
+from singleton.core.records import RunEntry, RunRecord, decode_run
 
 log = logging.getLogger("singleton")
 
@@ -27,20 +25,6 @@ class ClaimOutcome(enum.Enum):
     CLAIMED = "claimed"
     REFUSED = "refused"  # the term is over: step down, do not run
     FAILED = "failed"  # no answer (timeout, unreachable): the slot is not run; we re-read before the next claim
-
-
-def decode_run(data: bytes) -> RunRecord | None:
-    try:
-        return RunRecord.FromString(data)
-    except DecodeError:
-        return None
-
-
-def decode_entry(data: bytes) -> RunEntry | None:
-    try:
-        return RunEntry.FromString(data)
-    except DecodeError:
-        return None
 
 
 class RunChain:
