@@ -188,7 +188,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{args.name}: leader {leader['replica_id']} (host {leader['host']}, pid {leader['pid']}), "
               f"token {leader['fencing_token']}, leading for {leader['leading_for_s']:.1f} s, "
               f"lease {leader['lease_id']} with {leader['lease_remaining_s']:.0f} s left")
-    print(f"{args.name}: {describe_runs(status.get('runs'))}")
+    if status.get("runs") is not None:  # a name that never ran has nothing more to say
+        print(f"{args.name}: {describe_runs(status['runs'])}")
     return 0
 
 

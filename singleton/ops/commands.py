@@ -84,9 +84,7 @@ def runs_status(backend: EtcdBackend, config: Config, timeout_s: float, *, leadi
             "next_slot": record.slot + 1 if leading else None}
 
 
-def describe_runs(runs: dict[str, Any] | None) -> str:
-    if runs is None:
-        return "no run recorded yet"
+def describe_runs(runs: dict[str, Any]) -> str:
     last = runs["last_run"]
     text = f"last claimed slot {runs['last_claimed_slot']}"
     if last is not None:
