@@ -249,20 +249,24 @@ def test_a_wall_clock_step_is_reported_once_however_often_the_wait_is_woken(capl
     assert len([r for r in caplog.records if "wall clock stepped" in r.getMessage()]) == 1
 
 
-def test_each_slot_is_claimed_ahead_of_its_second_even_right_after_the_previous_run_started():
+def leadership_with_record(clock: FakeClock, jobs: FakeJobs, run_for_s: float,
+                           record_slot: int | None = None) -> tuple[Leadership, list[tuple[int, float]]]:
+    """A leader on the memory backend with the run record on; returns it and the claims it makes (slot, wall)."""
+    from singleton.core.records import RunRecord, decode_run
     from singleton.runtime.runs import RunChain
 
-    clock = FakeClock(wall=T0 + 0.5)
     backend = MemoryBackend(clock)
     cfg = Config(endpoints="127.0.0.1:2379", name="t", replica_id="r1")
+    if record_slot is not None:  # a predecessor's last claim
+        assert backend.guarded_put(cfg.leader_key, 0, cfg.run_key, RunRecord(seq=5, slot=record_slot).SerializeToString(),
+                                   1.0)
     lease = backend.grant_lease(10, 1.0)
-    won = backend.campaign(cfg.leader_key, b"r1", lease.lease_id, 1.0)
-    claims: list[tuple[int, float]] = []  # (slot, wall time of the claim)
+    won = backend.campaign(cfg.leader_key, b"r1", lease.lease_id, 1.0, also_read=(cfg.run_key,))
+    claims: list[tuple[int, float]] = []
     original = backend.claim
 
     def claim(*args, **kwargs):  # type: ignore[no-untyped-def]
         revision = original(*args, **kwargs)
-        from singleton.core.records import decode_run
         claims.append((decode_run(args[3][cfg.run_key]).slot, clock.wall()))  # type: ignore[union-attr]
         return revision
 
@@ -271,17 +275,37 @@ def test_each_slot_is_claimed_ahead_of_its_second_even_right_after_the_previous_
     election = Election()
     election.campaign()
     term = election.won(won.fencing_token, keeper)
-    jobs = FakeJobs(clock, duration_s=0.3)  # still running when the next wait is planned
-    end = clock.monotonic() + 5.5
-
-    def renew(c: FakeClock) -> None:
-        keeper.renewal_succeeded(c.monotonic(), 10.0)
-
+    end = clock.monotonic() + run_for_s
     leadership = Leadership(cfg, backend, clock, election, term, jobs, Stats("r1"),
-                            FakeWake(clock, renew),  # type: ignore[arg-type]
+                            FakeWake(clock, lambda c: keeper.renewal_succeeded(c.monotonic(), 10.0)),  # type: ignore[arg-type]
                             lambda: StepDownReason.SHUTDOWN if clock.monotonic() >= end else None,
-                            chain=RunChain(cfg, backend, clock, term.fencing_token, None))
+                            chain=RunChain(cfg, backend, clock, term.fencing_token, won.extra.get(cfg.run_key)))
+    return leadership, claims
+
+
+def test_each_slot_is_claimed_ahead_of_its_second_even_right_after_the_previous_run_started():
+    clock = FakeClock(wall=T0 + 0.5)
+    jobs = FakeJobs(clock, duration_s=0.3)  # still running when the next wait is planned
+    leadership, claims = leadership_with_record(clock, jobs, 5.5)
     leadership._tick_until_step_down(None)
     started = [s for s, _ in jobs.started]
     assert len(started) >= 4 and started == [s for s, _ in claims][:len(started)]  # every run was claimed first
     assert all(slot - at >= 0.2 for slot, at in claims), claims  # made ~0.25 s ahead, never at the slot
+
+
+def test_a_handover_takes_the_next_slot_even_if_the_predecessor_had_already_claimed_it():
+    # SIGTERM in the last quarter of second T0-1: the predecessor had claimed T0 ahead, ran up to T0-1, handed over.
+    clock = FakeClock(wall=T0 + 0.004)
+    jobs = FakeJobs(clock)
+    leadership, claims = leadership_with_record(clock, jobs, 1.5, record_slot=T0)
+    leadership._tick_until_step_down(T0 - 1)
+    assert jobs.started[0][0] == T0  # the very next second, not T0 + 1
+    assert claims[0][0] == T0
+
+
+def test_after_a_crash_the_record_decides_where_numbering_goes_on():
+    clock = FakeClock(wall=T0 + 0.5)
+    jobs = FakeJobs(clock)
+    leadership, _ = leadership_with_record(clock, jobs, 2.0, record_slot=T0 + 1)  # claimed, perhaps run
+    leadership._tick_until_step_down(None)
+    assert jobs.started[0][0] == T0 + 2  # never the slot the dead leader may have run

@@ -163,7 +163,10 @@ class Leadership:
     def _tick_until_step_down(self, handover_last_slot: int | None) -> StepDownReason:
         cfg, clock, keeper = self.config, self.clock, self.term.keeper
         chain = self.chain
-        plan = first_plan(clock.wall(), clock.monotonic(), handover_last_slot, chain.last_slot if chain else None)
+        # After a handover (the very delete that woke us) the predecessor ran nothing after its last slot, even if it
+        # had claimed the next one ahead before it stopped: follow the handover. Otherwise follow the record.
+        record_slot = chain.last_slot if chain is not None and handover_last_slot is None else None
+        plan = first_plan(clock.wall(), clock.monotonic(), handover_last_slot, record_slot)
         log.info("first slot %d %s", plan.slot, self._tag)
         if chain is not None and handover_last_slot is None:
             reason = self._catch_up(chain, plan.slot)
