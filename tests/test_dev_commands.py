@@ -59,9 +59,15 @@ def start(args: list[str], tmp: Path) -> tuple[subprocess.Popen[str], Output]:
     return proc, out
 
 
-def stopped(proc: subprocess.Popen[str], out: Output, timeout_s: float = 60) -> int:
+def stopped(proc: subprocess.Popen[str], out: Output, timeout_s: float = 120) -> int:
+    """The exit code; generous, because stopping three replicas and etcd on a busy machine takes its time."""
     try:
         code = proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        out.join(5)
+        raise AssertionError(f"no exit within {timeout_s:g} s; output:\n{out.text[-3000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
