@@ -155,10 +155,12 @@ def test_catch_up_coalesce_runs_once_at_once_for_the_slots_nobody_claimed(etcd: 
     assert len(unknown) == 1, entries
     last_claimed = unknown[0].slot
     assert last_claimed in (old_ticks[-1].slot, old_ticks[-1].slot + 1)
-    missed_to = regular.slot - 1
+    # The catch-up run takes the last missed slot; the successor's first planned slot is the one after it. On a busy
+    # machine the catch-up run may still be going then, and that slot is skipped (overrun), never run twice.
+    missed_to = catch_up.slot
+    assert missed_to + 1 <= regular.slot <= missed_to + 2, (catch_up, regular)
     expected = (max(last_claimed + 1, missed_to - window_s + 1), missed_to)
     assert catch_up.coalesced == expected, f"catch-up run {catch_up}, expected slots {expected}"
-    assert catch_up.slot == missed_to
     if window_s == 2:  # the window bounded it: more slots were missed than it covers
         assert missed_to - last_claimed > window_s, (last_claimed, missed_to)
     # At once: on winning, not at the next whole second; then the regular slots go on.

@@ -20,6 +20,7 @@ from singleton.backends.etcd import EtcdBackend
 from singleton.core.records import decode_leader
 from singleton.core.timings import FAST
 from singleton.dev.embedded import EtcdCluster
+from singleton.testing.processes import default_sigint
 from singleton.testing.recorder import wait_for
 
 SCRIPT = textwrap.dedent("""
@@ -64,7 +65,7 @@ def test_the_first_signal_stops_gracefully(form: str, signum: int, etcd: EtcdClu
     script.write_text(SCRIPT)
     key = f"/singleton/{name}/leader"
     proc = subprocess.Popen([sys.executable, str(script), etcd.endpoints_arg, name, form],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     try:
         def leading() -> Any:
             kv, _ = client.get(key, 2.0)

@@ -17,6 +17,7 @@ import pytest
 
 from singleton.backends.etcd import EtcdBackend
 from singleton.core.config import parse_endpoints
+from singleton.testing.processes import default_sigint
 from singleton.dev.embedded import EtcdCluster, free_port
 from singleton.ops.cli import main
 
@@ -53,7 +54,7 @@ class Output(threading.Thread):
 def start(args: list[str], tmp: Path) -> tuple[subprocess.Popen[str], Output]:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SINGLETON_")}, "TMPDIR": str(tmp)}
     proc = subprocess.Popen([sys.executable, "-m", "singleton", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, preexec_fn=default_sigint)
     out = Output(proc.stdout)  # type: ignore[arg-type]
     out.start()
     return proc, out
