@@ -95,8 +95,8 @@ class Stats:
             _ticks.add(0, self._attrs(outcome=outcome))
         # A standby's missed-slot series must exist before its takeover counts the first ones (the alert on
         # increase() would otherwise see a series born at N, with no increase).
-        for reason in MISSED_REASONS:
-            _missed_slots.add(0, self._attrs(reason=reason))
+        for missed in MISSED_REASONS:
+            _missed_slots.add(0, self._attrs(reason=missed))
 
     def _attrs(self, **extra: str) -> dict[str, str]:
         return {"replica_id": self.replica_id, **extra}
