@@ -43,10 +43,11 @@ PANELS = (
            (_q("singleton_tick_lateness_seconds", 0.99), "p99 {{job_name}}")),
           "Tick start minus its slot's whole second (singleton_tick_lateness_seconds histogram)."),
     Panel("Takeover time", "timeseries", "s",
-          (("max by (job_name) (increase(singleton_takeover_time_seconds_sum[5m])"
-            " / increase(singleton_takeover_time_seconds_count[5m]) > 0)", "vacant {{job_name}}"),),
-          "How long the leader key was vacant before the new leader won, averaged over the takeovers of the "
-          "last 5 min: ~0 for a handover, up to lease + 1 s after a crash."),
+          (("max by (replica_id) (singleton_takeover_time_seconds_sum / singleton_takeover_time_seconds_count)",
+            "mean {{replica_id}}"),),
+          "How long the leader key was vacant before each replica won, averaged over its takeovers since it "
+          "started: ~0 for a handover, up to lease + 1 s after a crash. (A histogram's series appear with its "
+          "first observation, so increase() over a window would miss a replica's first takeover.)"),
     Panel("Missed slots", "timeseries", "short",
           (("sum by (job_name, reason) (increase(singleton_missed_slots_total[5m]))", "{{reason}} {{job_name}}"),),
           "Slots that did not run in the last 5 min, by reason (takeover, overrun, late, unclaimed, coalesced)."),
@@ -58,9 +59,11 @@ PANELS = (
           (("max by (replica_id) (singleton_lease_remaining_seconds)", "lease left {{replica_id}}"),
            ("sum by (replica_id) (increase(singleton_renewals_failed_total[5m]))", "failed renewals {{replica_id}}")),
           "The leader's lease by its own monotonic clock, and renewals that failed in the last 5 min."),
-    Panel("Step-downs", "timeseries", "short",
-          (("sum by (reason) (increase(singleton_step_downs_total[5m])) > 0", "{{reason}}"),),
-          "Why leaders stopped leading, last 5 min."),
+    Panel("Leader changes and step-downs", "timeseries", "short",
+          (("sum by (job_name) (increase(singleton_elections_won_total[5m]))", "elections won {{job_name}}"),
+           ("sum by (reason) (increase(singleton_step_downs_total[5m])) > 0", "step-down {{reason}}")),
+          "Terms won in the last 5 min (SingletonLeaderFlapping fires above 4 in 15 min), and why leaders stopped "
+          "leading: a step-down of a process that exits at once (SIGTERM) may never be scraped."),
     Panel("Clock skew at takeover", "timeseries", "s",
           (("max by (replica_id) (singleton_clock_skew_seconds)", "{{replica_id}}"),),
           "The predecessor's wall clock minus ours, measured at the last takeover (alert above 0.5 s)."),
