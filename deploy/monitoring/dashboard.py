@@ -45,9 +45,10 @@ PANELS = (
     Panel("Takeover time", "timeseries", "s",
           (("max by (replica_id) (singleton_takeover_time_seconds_sum / singleton_takeover_time_seconds_count)",
             "mean {{replica_id}}"),),
-          "How long the leader key was vacant before each replica won, averaged over its takeovers since it "
-          "started: ~0 for a handover, up to lease + 1 s after a crash. (A histogram's series appear with its "
-          "first observation, so increase() over a window would miss a replica's first takeover.)"),
+          "How long the leader key stood empty before each replica won it, averaged over its takeovers since it "
+          "started: milliseconds while standbys watch the key. The wait for a crashed leader's lease to lapse "
+          "comes before the key empties, so it is not in here: Leaders now and Missed slots show it. (A "
+          "histogram's series appear with its first observation, so increase() would miss a first takeover.)"),
     Panel("Missed slots", "timeseries", "short",
           (("sum by (job_name, reason) (increase(singleton_missed_slots_total[5m]))", "{{reason}} {{job_name}}"),),
           "Slots that did not run in the last 5 min, by reason (takeover, overrun, late, unclaimed, coalesced)."),

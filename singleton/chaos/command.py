@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from singleton.core.config import parse_endpoints
+from singleton.core.config import Config, parse_endpoints
 from singleton.core.errors import ConfigError
 from singleton.core.security import load_credentials
 from singleton.chaos.harness import EtcdAccess, Harness
@@ -39,6 +39,14 @@ def run_chaos(*, endpoints: str, replicas: int, scenarios: str, rounds: int, out
         load_job(job)  # a job that does not import is one line now, not N replicas failing to start
     if access is not None and access.run_args() and not endpoints:
         raise ConfigError("TLS and auth options need --endpoints (the embedded etcd has neither)")
+    if access is not None and access.run_args():
+        # A refused certificate or password: one line now, not N replicas exiting and a scenario timing out.
+        from singleton.chaos.harness import PREFIX
+        from singleton.ops.cli import preflight
+
+        preflight(Config(endpoints=parse_endpoints(endpoints), name="preflight", prefix=PREFIX, cacert=access.cacert or None,
+                         cert=access.cert or None, key=access.key or None, user=access.user or None,
+                         password_file=access.password_file or None))
     if replicas < 2 or rounds < 1 or members not in (1, 3, 5):
         raise ConfigError("--replicas must be >= 2, --rounds >= 1, --members 1, 3 or 5")
     etcd_binary("etcdctl")  # every scenario asks etcd which leases are left: say so now, not after the first

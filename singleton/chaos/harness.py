@@ -343,6 +343,9 @@ class Harness:
             backend.close()
 
     def close(self) -> None:
+        watch_stop = getattr(self, "_watch_stop", None)  # a run never ended: stop its key watch too
+        if watch_stop is not None:
+            watch_stop.set()
         if self.replicas is not None:
             self.replicas.stop_all()
         for proxies in self.proxies.values():
