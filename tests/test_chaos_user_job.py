@@ -8,8 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from certs import CA  # noqa: F401 - tests/ is on the path (see test_tls_auth.py)
-from test_tls_auth import SecureEtcd, secure  # noqa: F401 - the TLS + auth etcd fixture
+from test_tls_auth import SecureEtcd, secure  # noqa: F401 - the TLS + auth etcd fixture (tests/ is on the path)
 
 from singleton.chaos.recordticks import ticks_from_record
 from singleton.v1.run_pb2 import RunEntry, RunRecord
