@@ -54,6 +54,11 @@ def test_no_job_configured_is_one_clear_failure(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "singleton_cluster needs a job" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "pytest", *LOAD, "-q", "-p", "no:cacheprovider",
+                           "-o", "singleton_job=no_such_pkg.jobs:fn", str(tmp_path / "test_x.py")], cwd=tmp_path,
+                          env=child_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "singleton_cluster: cannot import job module 'no_such_pkg.jobs'" in done.stdout
 
 
 def test_the_plugin_is_registered_for_users_and_cheap_to_import() -> None:

@@ -63,6 +63,13 @@ def singleton_cluster(request: pytest.FixtureRequest, singleton_etcd: EtcdCluste
     if not job:
         pytest.fail("singleton_cluster needs a job: set `singleton_job = \"pkg.module:fn\"` in the pytest ini "
                     "options, or mark the test @pytest.mark.singleton(job=\"pkg.module:fn\")", pytrace=False)
+    from singleton.core.errors import ConfigError
+    from singleton.ops.cli import load_job
+
+    try:
+        load_job(str(job))  # one clear failure now, rather than replicas that never start
+    except ConfigError as err:
+        pytest.fail(f"singleton_cluster: {err}", pytrace=False)
     cluster = SingletonCluster(tmp_path_factory.mktemp("singleton-cluster"), singleton_etcd.endpoints, str(job),
                                pythonpath=str(request.config.rootpath), **options)
     try:
