@@ -75,13 +75,18 @@ def queries() -> list[str]:
     return [expr for panel in PANELS for expr, _ in panel.targets]
 
 
+def _grid(i: int) -> dict[str, int]:
+    """The first panel (who leads) across the top, the rest two to a row."""
+    if i == 0:
+        return {"h": 6, "w": 24, "x": 0, "y": 0}
+    return {"h": 8, "w": 12, "x": 12 * ((i - 1) % 2), "y": 6 + 8 * ((i - 1) // 2)}
+
+
 def _panel(i: int, p: Panel) -> dict[str, Any]:
-    width, height = (24, 5) if p.kind == "state-timeline" else (12, 8) if p.kind == "timeseries" else (6, 5)
-    x = 0 if p.kind == "state-timeline" or i % 2 == 0 else 12
     out: dict[str, Any] = {
         "id": i + 1, "type": p.kind, "title": p.title, "description": p.description,
         "datasource": {"type": "prometheus", "uid": "${datasource}"},
-        "gridPos": {"h": height, "w": width, "x": x, "y": i * 8},
+        "gridPos": _grid(i),
         "fieldConfig": {"defaults": {"unit": p.unit}, "overrides": []},
         "targets": [{"refId": chr(ord("A") + n), "expr": expr, "legendFormat": legend,
                      "datasource": {"type": "prometheus", "uid": "${datasource}"}}
