@@ -40,10 +40,10 @@ def test_the_example_project_s_failover_test_passes() -> None:
 
 
 def test_a_broken_job_fails_the_same_test_with_the_verdict_s_reason() -> None:
-    done = run_example("-o", "singleton_job=my_jobs.jobs:flaky")
+    done = run_example("-o", "singleton_job=my_jobs.jobs:forgetful")
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "run(s) of my_jobs.jobs:flaky failed" in done.stdout
-    assert "lost my connection pool in the failover" in done.stdout
+    assert "run(s) of my_jobs.jobs:forgetful failed" in done.stdout
+    assert "lost in a failover" in done.stdout
 
 
 def test_no_job_configured_is_one_clear_failure(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
-"""Two jobs: one that survives failover, and one deliberately broken (it fails every third slot), to see the
-verdict fail: `python -m pytest -o singleton_job=my_jobs.jobs:flaky`."""
+"""Two jobs: one that survives failover, and one deliberately broken, to see the verdict fail:
+`python -m pytest -o singleton_job=my_jobs.jobs:forgetful`."""
 from __future__ import annotations
 
 from singleton import TickContext
+
+_state: dict[str, int] = {}
 
 
 def every_second(ctx: TickContext) -> None:
@@ -11,6 +13,10 @@ def every_second(ctx: TickContext) -> None:
         ctx.guarded_put("/my-jobs/last-run", f"slot {ctx.slot} by {ctx.replica_id}")
 
 
-def flaky(ctx: TickContext) -> None:
-    if ctx.slot % 3 == 0:
-        raise RuntimeError(f"slot {ctx.slot}: lost my connection pool in the failover")
+def forgetful(ctx: TickContext) -> None:
+    """Keeps its progress in process memory, as if it ran every slot itself: whenever another process takes over,
+    it finds nothing for the previous slot and fails (keep such state in etcd, written with ctx.guarded_put)."""
+    last = _state.get("slot")
+    _state["slot"] = ctx.slot
+    if last != ctx.slot - 1:
+        raise RuntimeError(f"slot {ctx.slot}: my state ends at slot {last}, not {ctx.slot - 1}: lost in a failover")
