@@ -28,8 +28,10 @@ class ReplicaSet:
         """`module` may be a wrapper of the CLI (the chaos harness's clock-stepping or broken replicas)."""
         env = {**os.environ, LEDGER_ENV: str(self.ledger), HOLD_ENV: str(self.hold_s), **(env or {})}
         # --http-port 0: many replicas share this machine; a test that wants the server passes its own port.
+        # The fast-failover listener on loopback, a free port.
         cmd = [sys.executable, "-m", module, "run", "--endpoints", endpoints or self.endpoints,
-               "--name", self.name, "--job", job, "--id", replica, "--http-port", "0", *self.extra_args,
+               "--name", self.name, "--job", job, "--id", replica, "--http-port", "0", "--sense-host", "127.0.0.1",
+               *self.extra_args,
                *(extra_args or [])]
         with open(self.workdir / f"{replica}.log", "ab") as log:
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
