@@ -69,6 +69,7 @@ class SenseListener:
         self._selector.register(self._server, selectors.EVENT_READ, "accept")
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._closed = False
+        self.accepted = 0  # connections accepted so far (for tests and debugging)
         self._thread = threading.Thread(target=self._serve, daemon=True, name="singleton-sense-listener")
 
     def start(self) -> SenseListener:
@@ -98,6 +99,7 @@ class SenseListener:
             conn.sendall(greeting(self.nonce))
             conn.setblocking(False)
             self._selector.register(conn, selectors.EVENT_READ, "conn")
+            self.accepted += 1
         except OSError:
             conn.close()
 
