@@ -79,6 +79,7 @@ class ScenarioRun:
     run_record: RunRecord | None = None
     history: list[RunEntry] | None = None
     history_error: str | None = None
+    fast_failover: bool = True  # the replicas sense a dead leader (a crash then takes ~1 s, not the lease)
 
 
 def free_port() -> int:
@@ -159,7 +160,8 @@ class Harness:
         workdir.mkdir(parents=True, exist_ok=True)
         self.replicas = ReplicaSet(workdir, "", namespace, [*self.timings.cli_args(), "--prefix", PREFIX,
                                                             "--history-size", str(HISTORY_SIZE)], hold_s=self.hold_s)
-        self.run = ScenarioRun(scenario, workdir, namespace, time.monotonic())
+        self.run = ScenarioRun(scenario, workdir, namespace, time.monotonic(),
+                               fast_failover="--no-fast-failover" not in self.options.args)
         self._watch_stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch_leader_key, args=(self.run, self._watch_stop),
                                          daemon=True, name="chaos-key-watch")

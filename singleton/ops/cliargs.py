@@ -19,13 +19,14 @@ ENV_PREFIX = "SINGLETON_"
 # tests/test_cli.py checks that every SINGLETON_* name in the package is an option or listed here.
 OTHER_ENV = ("SINGLETON_PASSWORD", "SINGLETON_LEDGER", "SINGLETON_LEDGER_HOLD_S", "SINGLETON_LEDGER_FAIL_EVERY",
              "SINGLETON_LEDGER_HANG_FILE", "SINGLETON_CHAOS_CLOCK_FILE", "SINGLETON_CHAOS_ON_ELECTED_S",
-             "SINGLETON_CHAOS_ON_STEPPED_DOWN_S", "SINGLETON_CHAOS_BROKEN_KEEPS_RECORD")
+             "SINGLETON_CHAOS_ON_STEPPED_DOWN_S", "SINGLETON_CHAOS_BROKEN_KEEPS_RECORD", "SINGLETON_LEDGER_CRASH_FILE")
 # `singleton chaos --scenarios`; tests/test_cli.py checks it against singleton.chaos.scenarios.SCENARIOS
 # (importing that here would load the whole chaos harness for every command).
 CHAOS_SCENARIOS = ("sigkill-leader", "sigterm-leader", "sigstop-leader", "partition-leader", "kill-leader-member",
                    "kill-raft-leader", "quorum-loss", "cluster-restart", "slow-job", "slow-job-past-lease",
                    "raising-job", "clock-step", "herd", "rolling-restart", "handover-clock-ahead", "hung-job",
-                   "slow-callback-partition", "skewed-clocks")
+                   "slow-callback-partition", "skewed-clocks",
+                   "revoke-live-leader")
 
 
 class UsageError(Exception):
