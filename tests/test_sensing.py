@@ -45,7 +45,23 @@ def test_a_timeout_or_unreachable_host_is_never_death(end: Outcome) -> None:
         assert step.action is Action.CONNECT and sense.state is State.CONNECTING
 
 
-@pytest.mark.parametrize("probe", [Outcome.TIMEOUT, Outcome.UNREACHABLE, Outcome.EOF, Outcome.STRANGER])
+def test_a_probe_closed_unanswered_is_asked_again_within_the_window() -> None:
+    clock = FakeClock()
+    sense = connected_sense(clock)
+    sense.closed(Outcome.EOF)
+    for end in (Outcome.RESET, Outcome.EOF):  # a dying process's listener still accepted, then reset
+        step = sense.connected(end)
+        assert step.action is Action.CONNECT and sense.state is State.PROBING
+        clock.advance(step.delay_s)
+    assert sense.connected(Outcome.REFUSED).action is Action.REVOKE
+    # The same, past the window: no longer "at once".
+    sense = connected_sense(clock)
+    sense.closed(Outcome.EOF)
+    clock.advance(sense.probe_window_s + 0.1)
+    assert sense.connected(Outcome.EOF).delay_s > 0 and sense.state is State.CONNECTING
+
+
+@pytest.mark.parametrize("probe", [Outcome.TIMEOUT, Outcome.UNREACHABLE, Outcome.STRANGER])
 def test_a_probe_that_is_not_refused_is_not_death(probe: Outcome) -> None:
     clock = FakeClock()
     sense = connected_sense(clock)

@@ -11,6 +11,7 @@ sensing.
     CONNECTING --greeted--> CONNECTED --eof/reset--> PROBING --refused (within the probe window)--> DEAD
     CONNECTING --anything else--> CONNECTING (after a back-off)
     CONNECTED  --timeout/unreachable/flapping--> CONNECTING
+    PROBING    --eof/reset before the greeting--> PROBING (again, within the probe window)
     PROBING    --greeted--> CONNECTED;  --anything else--> CONNECTING
 """
 from __future__ import annotations
@@ -57,11 +58,12 @@ class DeathSense:
     `closed`; each returns what to do next."""
 
     def __init__(self, clock: Clock, *, probe_window_s: float = 1.0, backoff_min_s: float = 0.2,
-                 backoff_max_s: float = 2.0, stable_s: float = 2.0, max_flaps: int = 3) -> None:
+                 backoff_max_s: float = 2.0, stable_s: float = 2.0, max_flaps: int = 3,
+                 retry_probe_s: float = 0.02) -> None:
         self.clock = clock
         self.probe_window_s = probe_window_s  # a refusal later than this after the close is not "at once"
         self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
-        self.stable_s, self.max_flaps = stable_s, max_flaps
+        self.stable_s, self.max_flaps, self.retry_probe_s = stable_s, max_flaps, retry_probe_s
         self.state = State.CONNECTING
         self._failures = 0  # connects in a row that did not reach the leader: for the back-off
         self._flaps = 0  # verified connections in a row that ended within stable_s
@@ -83,10 +85,14 @@ class DeathSense:
         if outcome is Outcome.GREETED:
             self.state, self._failures, self._connected_at = State.CONNECTED, 0, self.clock.monotonic()
             return Step(Action.RECV)
-        if (self.state is State.PROBING and outcome is Outcome.REFUSED
-                and self.clock.monotonic() - self._closed_at <= self.probe_window_s):
-            self.state = State.DEAD
-            return Step(Action.REVOKE)
+        if self.state is State.PROBING and self.clock.monotonic() - self._closed_at <= self.probe_window_s:
+            if outcome is Outcome.REFUSED:
+                self.state = State.DEAD
+                return Step(Action.REVOKE)
+            if outcome in (Outcome.EOF, Outcome.RESET):
+                # Accepted, then closed unanswered: a dying process's kernel may close its connections before its
+                # listening socket (which then resets what it had queued). Ask again, within the window.
+                return Step(Action.CONNECT, self.retry_probe_s)
         return self._backoff()
 
     def closed(self, outcome: Outcome) -> Step:

@@ -17,7 +17,7 @@ import threading
 from singleton.backends.abc import Backend
 from singleton.core.clock import Clock
 from singleton.core.errors import BackendError
-from singleton.core.sensing import Action, DeathSense, Outcome, Step
+from singleton.core.sensing import Action, DeathSense, Outcome, State
 
 log = logging.getLogger("singleton")
 
@@ -187,7 +187,12 @@ class Sensor:
                 if step.action is Action.CONNECT:
                     if step.delay_s and self._stop.wait(step.delay_s):
                         return
-                    step = self.sense.connected(self._connect())
+                    probing = self.sense.state is State.PROBING
+                    outcome = self._connect()
+                    step = self.sense.connected(outcome)
+                    if probing and self.sense.state is State.CONNECTING:
+                        log.info("leader %s is not known dead: its sensing port answered %s", self.leader,
+                                 outcome.value)
                 elif step.action is Action.RECV:
                     outcome = self._recv()
                     if self._stop.is_set():
