@@ -24,9 +24,8 @@ OTHER_ENV = ("SINGLETON_PASSWORD", "SINGLETON_LEDGER", "SINGLETON_LEDGER_HOLD_S"
 # (importing that here would load the whole chaos harness for every command).
 CHAOS_SCENARIOS = ("sigkill-leader", "sigterm-leader", "sigstop-leader", "partition-leader", "kill-leader-member",
                    "kill-raft-leader", "quorum-loss", "cluster-restart", "slow-job", "slow-job-past-lease",
-                   "raising-job", "clock-step", "herd", "rolling-restart", "handover-clock-ahead", "hung-job",
-                   "slow-callback-partition", "skewed-clocks",
-                   "revoke-live-leader")
+                   "raising-job", "clock-step", "herd", "revoke-live-leader", "rolling-restart", "handover-clock-ahead",
+                   "hung-job", "slow-callback-partition", "skewed-clocks")
 
 
 class UsageError(Exception):
