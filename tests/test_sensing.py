@@ -8,8 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from singleton.backends.abc import KeyValue
 from singleton.backends.memory import MemoryBackend
 from singleton.core.clock import FakeClock, SystemClock
+from singleton.core.config import Config
+from singleton.core.election import Election
+from singleton.core.records import leader_record
+from singleton.runtime.campaign import Campaigner
 from singleton.core.sensing import Action, DeathSense, Outcome, State
 from singleton.runtime.sensing import SenseListener, Sensor, split_address
 from singleton.testing.proxy import CuttableProxy
@@ -221,3 +226,32 @@ def test_something_else_on_the_port_is_never_sensed(lease: tuple[MemoryBackend, 
     finally:
         sensor.stop()
         stranger.close()
+
+
+# --- which leaders a standby senses ------------------------------------------------------------------------
+def leader_kv(lease_id: int, address: str = "", nonce: str = "") -> KeyValue:
+    return KeyValue("/singleton/x/leader", leader_record("other", lease_id, 0.0, address, nonce), 5, 5, lease_id)
+
+
+@pytest.mark.parametrize("fast_failover", [True, False])
+def test_a_standby_senses_only_leaders_that_offer_it(fast_failover: bool) -> None:
+    backend = MemoryBackend()
+    config = Config(endpoints="http://127.0.0.1:1", name="x", fast_failover=fast_failover)
+    campaigner = Campaigner(config, backend, FakeClock(), Election(), threading.Event(), lambda kv: None)
+    campaigner.sensing = ("127.0.0.1:1", "ours")
+    try:
+        campaigner._sense(leader_kv(7))  # a record from a version without sensing (or with it off)
+        assert campaigner.sensor is None
+        campaigner._sense(leader_kv(7, "127.0.0.1:1", "ours"))  # our own record (a restart under our own lease)
+        assert campaigner.sensor is None
+        campaigner._sense(leader_kv(7, "127.0.0.1:1", "theirs"))
+        assert (campaigner.sensor is not None) is fast_failover
+        first = campaigner.sensor
+        campaigner._sense(leader_kv(7, "127.0.0.1:1", "theirs"))  # the same term: the same sensor
+        assert campaigner.sensor is first
+        campaigner._sense(leader_kv(8, "127.0.0.1:1", "theirs"))  # a new term: a new sensor
+        assert (campaigner.sensor is not first) is fast_failover
+    finally:
+        campaigner._sense(None)
+        backend.close()
+    assert campaigner.sensor is None
