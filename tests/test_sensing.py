@@ -140,17 +140,21 @@ def test_addresses() -> None:
 
 
 # --- the sockets -------------------------------------------------------------------------------------------
+LEADER_KEY = "/singleton/x/leader"
+
+
 @pytest.fixture
 def lease() -> Iterator[tuple[MemoryBackend, int]]:
     backend = MemoryBackend()
     granted = backend.grant_lease(10, 1.0)
+    assert backend.campaign(LEADER_KEY, b"leader", granted.lease_id, 1.0).won
     yield backend, granted.lease_id
     backend.close()
 
 
 def sensor_for(listener: SenseListener, backend: MemoryBackend, lease_id: int, port: int | None = None) -> Sensor:
     address = listener.address if port is None else f"127.0.0.1:{port}"
-    return Sensor(address, listener.nonce, lease_id, backend, SystemClock(), 1.0, "leader").start()
+    return Sensor(address, listener.nonce, lease_id, backend, SystemClock(), 1.0, "leader", LEADER_KEY).start()
 
 
 def test_a_listener_that_goes_away_has_its_lease_revoked(lease: tuple[MemoryBackend, int]) -> None:
@@ -161,7 +165,22 @@ def test_a_listener_that_goes_away_has_its_lease_revoked(lease: tuple[MemoryBack
         wait_for(lambda: sensor.sense.state is State.CONNECTED, 5, "the sensor to connect")
         listener.close()  # to the standby, exactly what the kernel does for a killed process
         assert sensor.revoked.wait(5)
-        assert backend.keep_alive_once(lease_id, 1.0) == 0
+        assert backend.keep_alive_once(lease_id, 1.0) == 0 and backend.get(LEADER_KEY, 1.0)[0] is None
+    finally:
+        sensor.stop()
+
+
+def test_a_leader_that_handed_over_before_going_away_is_not_revoked(lease: tuple[MemoryBackend, int]) -> None:
+    backend, lease_id = lease
+    listener = SenseListener("127.0.0.1", 0, "").start()
+    sensor = sensor_for(listener, backend, lease_id)
+    try:
+        wait_for(lambda: sensor.sense.state is State.CONNECTED, 5, "the sensor to connect")
+        term = backend.get(LEADER_KEY, 1.0)[0]
+        assert term is not None and backend.resign(LEADER_KEY, term.create_revision, "/singleton/x/handover", b"h", 1.0)
+        listener.close()  # a graceful stop: the key went first
+        wait_for(lambda: sensor.sense.state is State.DEAD and not sensor._thread.is_alive(), 5, "the sensor to end")
+        assert not sensor.revoked.is_set() and backend.keep_alive_once(lease_id, 1.0) == 10
     finally:
         sensor.stop()
 
@@ -215,7 +234,7 @@ def test_something_else_on_the_port_is_never_sensed(lease: tuple[MemoryBackend, 
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    sensor = Sensor(f"127.0.0.1:{port}", "abc", lease_id, backend, SystemClock(), 1.0, "leader").start()
+    sensor = Sensor(f"127.0.0.1:{port}", "abc", lease_id, backend, SystemClock(), 1.0, "leader", LEADER_KEY).start()
     try:
         thread.join(5)
         assert accepted, "the sensor never connected"

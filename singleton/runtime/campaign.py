@@ -169,7 +169,8 @@ class Campaigner:
             return  # off here, a leader that offers no sensing (off there, an older version), or our own record
         try:
             self.sensor = Sensor(record.sense_address, record.sense_nonce, leader.lease_id, self.backend,
-                                 self.clock, self.config.call_timeout_s, record.replica_id).start()
+                                 self.clock, self.config.call_timeout_s, record.replica_id,
+                                 self.config.leader_key).start()
         except ValueError as err:
             log.warning("not sensing leader %s: %s", record.replica_id, err)
 

@@ -152,9 +152,9 @@ class Sensor:
     already gone is harmless, so several standbys may do it."""
 
     def __init__(self, address: str, nonce: str, lease_id: int, backend: Backend, clock: Clock,
-                 call_timeout_s: float, leader: str) -> None:
+                 call_timeout_s: float, leader: str, leader_key: str) -> None:
         self.host, self.port = split_address(address)
-        self.nonce, self.lease_id, self.leader = nonce, lease_id, leader
+        self.nonce, self.lease_id, self.leader, self.leader_key = nonce, lease_id, leader, leader_key
         self.backend, self.call_timeout_s = backend, call_timeout_s
         self.sense = DeathSense(clock)
         self.revoked = threading.Event()
@@ -247,7 +247,19 @@ class Sensor:
             return _classify(err)
         return Outcome.EOF
 
+    def _still_holds_the_key(self) -> bool:
+        """A graceful stop hands over before its listener closes: then the key is already vacant (or someone
+        else's), and there is nothing to revoke or warn about."""
+        try:
+            kv, _ = self.backend.get(self.leader_key, self.call_timeout_s)
+        except BackendError:
+            return True  # cannot tell: revoking a lease that is gone is harmless
+        return kv is not None and kv.lease_id == self.lease_id
+
     def _revoke(self) -> None:
+        if not self._still_holds_the_key():
+            log.info("leader %s has gone, and no longer holds %s", self.leader, self.leader_key)
+            return
         log.warning("leader %s is dead (its sensing connection closed and %s:%d refuses connections): revoking its "
                     "lease %x", self.leader, self.host, self.port, self.lease_id)
         for attempt in range(3):
