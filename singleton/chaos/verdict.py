@@ -93,6 +93,9 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
         if ev.kind in ("pause", "partition") and took < lapses_after:
             verdict.violations.append(f"{ev.name}: takeover after {took:.2f} s, before the lease could lapse "
                                       f"({lapses_after:.1f} s): was a live leader's lease revoked?")
+        if ev.kind in ("pause", "partition") and _sensed_dead(run, ev.old_leader):
+            verdict.violations.append(f"{ev.name}: a standby took the live {ev.old_leader} for dead and revoked "
+                                      f"its lease")
         if ev.kind == "partition":
             # The cut term's ticks only: after healing, the same replica may win a later term fairly.
             term = next((t.token for t in reversed(ticks) if t.replica == ev.old_leader and t.start_mono <= ev.at_mono),
@@ -115,6 +118,12 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
     bound = ttl + 3 + (2 if ev.kind == "etcd" else 0)  # an etcd member also needs a raft election
     if not any(healed < t.start_mono <= healed + bound for t in ticks):
         verdict.violations.append(f"{ev.name}: ticking did not resume within {bound:g} s after healing")
+
+
+def _sensed_dead(run: ScenarioRun, replica: str | None) -> bool:
+    """A standby's log says it sensed `replica`'s death (fast failover revoked its lease)."""
+    line = f"leader {replica} is dead"
+    return any(line in log.read_text(errors="replace") for log in run.workdir.glob("*.log"))
 
 
 def _check_revoked(ev: FaultEvent, ticks: list[Tick], verdict: Verdict, new: Tick | None) -> None:
