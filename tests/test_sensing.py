@@ -16,7 +16,8 @@ from singleton.core.election import Election
 from singleton.core.records import leader_record
 from singleton.runtime.campaign import Campaigner
 from singleton.core.sensing import Action, DeathSense, Outcome, State
-from singleton.runtime.sensing import SenseListener, Sensor, split_address
+from singleton.runtime.sense_listener import SenseListener, split_address
+from singleton.runtime.sensing import Sensor
 from singleton.testing.proxy import CuttableProxy
 from singleton.testing.recorder import wait_for
 

@@ -18,7 +18,7 @@ from singleton.core.errors import ConfigError
 from singleton.runtime.campaign import Campaigner, Won
 from singleton.runtime.jobs import JobFn, JobRunner, TickContext, outcome
 from singleton.runtime.runs import RunChain
-from singleton.runtime.sensing import SenseListener
+from singleton.runtime.sense_listener import SenseListener
 from singleton.runtime.leadership import Leadership
 from singleton.runtime.listeners import Listeners
 from singleton.runtime.signals import LoopSignals
