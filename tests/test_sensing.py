@@ -275,3 +275,19 @@ def test_a_standby_senses_only_leaders_that_offer_it(fast_failover: bool) -> Non
         campaigner._sense(None)
         backend.close()
     assert campaigner.sensor is None
+
+
+def test_the_switch_and_its_variable(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from singleton.ops.cliargs import build_parser
+
+    base = ["run", "--endpoints", "http://127.0.0.1:1", "--name", "x", "--job", "m:f"]
+    assert build_parser().parse_args(base).fast_failover is True
+    assert build_parser().parse_args([*base, "--no-fast-failover"]).fast_failover is False
+    monkeypatch.setenv("SINGLETON_FAST_FAILOVER", "off")
+    assert build_parser().parse_args(base).fast_failover is False
+    assert build_parser().parse_args([*base, "--fast-failover"]).fast_failover is True
+    monkeypatch.setenv("SINGLETON_FAST_FAILOVER", "maybe")
+    with pytest.raises(SystemExit) as exit_:
+        build_parser()
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "singleton: error: SINGLETON_FAST_FAILOVER='maybe' must be on or off\n"

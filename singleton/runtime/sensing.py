@@ -12,7 +12,7 @@ from singleton.backends.abc import Backend
 from singleton.core.clock import Clock
 from singleton.core.errors import BackendError
 from singleton.core.sensing import Action, DeathSense, Outcome, State
-from singleton.runtime.sense_listener import CONNECT_TIMEOUT_S, greeting, split_address
+from singleton.runtime.sense_listener import CONNECT_TIMEOUT_S, greeting, keepalive, split_address
 
 log = logging.getLogger("singleton")
 
@@ -25,14 +25,6 @@ def _classify(err: OSError) -> Outcome:
     if isinstance(err, TimeoutError) or err.errno == errno.ETIMEDOUT:
         return Outcome.TIMEOUT
     return Outcome.UNREACHABLE  # EHOSTUNREACH, ENETUNREACH, and anything else we cannot read a death into
-
-
-def _keepalive(sock: socket.socket) -> None:
-    """A half-open connection (the leader's host vanished) ends as a timeout after ~20 s instead of never."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for name, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 3), ("TCP_KEEPCNT", 3)):
-        if hasattr(socket, name):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 class Sensor:
@@ -50,6 +42,7 @@ class Sensor:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
+        self._said_unreachable = False
         self._thread = threading.Thread(target=self._run, daemon=True, name="singleton-sensor")
 
     def start(self) -> Sensor:
@@ -82,6 +75,10 @@ class Sensor:
                     if probing and self.sense.state is State.CONNECTING:
                         log.info("leader %s is not known dead: its sensing port answered %s", self.leader,
                                  outcome.value)
+                    elif self.sense.state is State.CONNECTING and not self._said_unreachable:
+                        self._said_unreachable = True  # once per term: a crash of this leader costs its lease
+                        log.info("cannot sense leader %s at %s:%d (%s); retrying with back-off, a crash of it "
+                                 "costs its lease meanwhile", self.leader, self.host, self.port, outcome.value)
                 elif step.action is Action.RECV:
                     outcome = self._recv()
                     if self._stop.is_set():
@@ -122,7 +119,7 @@ class Sensor:
         if data != expected:
             return Outcome.STRANGER
         sock.settimeout(None)  # from now on: asleep in recv() until the connection ends
-        _keepalive(sock)
+        keepalive(sock)
         return Outcome.GREETED
 
     def _recv(self) -> Outcome:
