@@ -291,3 +291,18 @@ def test_the_switch_and_its_variable(monkeypatch: pytest.MonkeyPatch, capsys: py
         build_parser()
     assert exit_.value.code == 2
     assert capsys.readouterr().err == "singleton: error: SINGLETON_FAST_FAILOVER='maybe' must be on or off\n"
+
+
+def test_a_taken_sense_port_is_one_clear_error() -> None:
+    from singleton.core.errors import ConfigError
+    from singleton.runtime.runner import Singleton
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        backend = MemoryBackend()
+        app = Singleton(Config(endpoints="http://127.0.0.1:1", name="x", sense_host="127.0.0.1", sense_port=port),
+                        job=lambda ctx: None, backend=backend)
+        with pytest.raises(ConfigError, match=f"cannot listen for fast failover on 127.0.0.1:{port}: address already "
+                                              f"in use; give another --sense-port"):
+            app.run(handle_signals=False)
+        backend.close()

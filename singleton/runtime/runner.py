@@ -150,7 +150,7 @@ class Singleton(StatusMixin):
             listener = SenseListener(cfg.sense_host, cfg.sense_port, cfg.advertise_host).start()
         except OSError as err:
             raise ConfigError(f"cannot listen for fast failover on {cfg.sense_host}:{cfg.sense_port}: "
-                              f"{err.strerror or err}; give another --sense-port or --sense-host "
+                              f"{os.strerror(err.errno).lower() if err.errno else err}; give another --sense-port or --sense-host "
                               f"(or --no-fast-failover)") from None
         self._campaigner.sensing = (listener.address, listener.nonce)
         log.info("fast failover: standbys sense this replica's death at %s", listener.address)
