@@ -92,6 +92,13 @@ class Config:
     catch_up: str = "skip"
     catch_up_window_s: float = 60.0
     history_size: int = 100  # runs kept in etcd (a ring: etcd never grows)
+    # Fast failover: standbys hold a TCP connection to the leader's sensing listener and revoke its lease when the
+    # process is gone (runtime/sensing.py). The listener binds sense_host:sense_port (0: a free port); standbys
+    # dial advertise_host ("": $POD_IP, else sense_host unless a wildcard, else this host's name resolved).
+    fast_failover: bool = True
+    sense_host: str = "0.0.0.0"
+    sense_port: int = 0
+    advertise_host: str = ""
     # TLS files (paths) and etcd auth; the password itself never comes from a flag.
     cacert: str | None = None
     cert: str | None = None
@@ -166,6 +173,8 @@ class Config:
             raise ConfigError(f"catch-up policy must be skip or coalesce (got {self.catch_up!r})")
         if not 1 <= self.history_size <= 10_000:
             raise SettingError("{history_size} must be from 1 to 10000 runs", {"history_size": self.history_size})
+        if not 0 <= self.sense_port <= 65535:
+            raise ConfigError(f"sensing port must be from 0 to 65535 (got {self.sense_port})")
         if self.job_timeout_s is not None and self.job_timeout_s <= 0:
             raise SettingError("{job_timeout_s} must be > 0 seconds, or unset for none",
                                {"job_timeout_s": self.job_timeout_s})
