@@ -96,7 +96,9 @@ class Config:
     # process is gone (runtime/sensing.py). The listener binds sense_host:sense_port (0: a free port); standbys
     # dial advertise_host ("": $POD_IP, else sense_host unless a wildcard, else this host's name resolved).
     fast_failover: bool = True
-    sense_host: str = "0.0.0.0"
+    # All interfaces, so standbys on other hosts reach it; SINGLETON_SENSE_HOST (the CLI's variable) narrows it
+    # for a library user too (the test suite sets 127.0.0.1).
+    sense_host: str = field(default_factory=lambda: os.environ.get("SINGLETON_SENSE_HOST", "0.0.0.0"))
     sense_port: int = 0
     advertise_host: str = ""
     # TLS files (paths) and etcd auth; the password itself never comes from a flag.
