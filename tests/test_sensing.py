@@ -206,6 +206,36 @@ def test_a_reset_by_a_proxy_while_the_leader_lives_is_not_death(lease: tuple[Mem
         listener.close()
 
 
+def test_a_probe_dials_the_address_that_greeted_not_the_name_again(lease: tuple[MemoryBackend, int],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """An advertised *name* may resolve elsewhere by the time of the probe (its DNS moved; or it has several
+    addresses and another one refuses while the leader's is cut off): a refusal there is not the leader's."""
+    backend, lease_id = lease
+    listener = SenseListener("127.0.0.1", 0, "").start()
+    proxy = CuttableProxy("127.0.0.1", listener.port)
+    resolves_to = ["127.0.0.1"]
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: object, **kwargs: object) -> object:
+        return real_getaddrinfo(resolves_to[0] if host == "leader.invalid" else host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    sensor = Sensor(f"leader.invalid:{proxy.port}", listener.nonce, lease_id, backend, SystemClock(), 1.0, "leader",
+                    LEADER_KEY).start()
+    try:
+        wait_for(lambda: sensor.sense.state is State.CONNECTED, 5, "the sensor to connect")
+        resolves_to[0] = "127.0.0.2"  # the name now leads where nothing listens on that port: refused
+        accepted = listener.accepted
+        proxy.reset()  # the connection ends while the leader lives
+        wait_for(lambda: sensor.revoked.is_set() or (sensor.sense.state is State.CONNECTED
+                                                     and listener.accepted > accepted), 5, "the sensor to reconnect")
+        assert not sensor.revoked.is_set() and backend.keep_alive_once(lease_id, 1.0) == 10
+    finally:
+        sensor.stop()
+        proxy.close()
+        listener.close()
+
+
 def test_a_blackhole_is_not_death(lease: tuple[MemoryBackend, int]) -> None:
     backend, lease_id = lease
     listener = SenseListener("127.0.0.1", 0, "").start()

@@ -7,6 +7,7 @@ import errno
 import logging
 import socket
 import threading
+from typing import Any
 
 from singleton.backends.abc import Backend
 from singleton.core.clock import Clock
@@ -42,6 +43,8 @@ class Sensor:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
+        # The address that last greeted us as (family, sockaddr): a probe dials exactly it, never the name again.
+        self._verified: tuple[int, tuple[Any, ...]] | None = None
         self._said_unreachable = False
         self._thread = threading.Thread(target=self._run, daemon=True, name="singleton-sensor")
 
@@ -102,7 +105,20 @@ class Sensor:
 
     def _connect(self) -> Outcome:
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT_S)
+            if self.sense.state is State.PROBING and self._verified is not None:
+                # Only a refusal from the very address that greeted us is one from the leader's host: a name
+                # resolved again may lead elsewhere (its DNS moved, or it has several addresses and one of them
+                # refuses while the leader's is cut off), and that refusal says nothing about the leader.
+                family, sockaddr = self._verified
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                try:
+                    sock.settimeout(CONNECT_TIMEOUT_S)
+                    sock.connect(sockaddr)
+                except OSError:
+                    sock.close()
+                    raise
+            else:
+                sock = socket.create_connection((self.host, self.port), timeout=CONNECT_TIMEOUT_S)
         except OSError as err:
             return _classify(err)
         self._set_sock(sock)
@@ -118,6 +134,7 @@ class Sensor:
             return _classify(err)
         if data != expected:
             return Outcome.STRANGER
+        self._verified = (sock.family, sock.getpeername())
         sock.settimeout(None)  # from now on: asleep in recv() until the connection ends
         keepalive(sock)
         return Outcome.GREETED
