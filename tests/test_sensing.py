@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -276,6 +278,59 @@ def test_something_else_on_the_port_is_never_sensed(lease: tuple[MemoryBackend, 
     finally:
         sensor.stop()
         stranger.close()
+
+
+def test_past_its_cap_the_listener_turns_connections_away_ungreeted() -> None:
+    """A flood on the (by default exposed) port must not run the leader out of descriptors."""
+    listener = SenseListener("127.0.0.1", 0, "", max_held=2).start()
+    conns = [socket.create_connection(("127.0.0.1", listener.port), timeout=5) for _ in range(3)]
+    try:
+        for conn in conns[:2]:
+            assert conn.recv(64) == b"singleton-sense/1 " + listener.nonce.encode() + b"\n"
+        assert conns[2].recv(64) == b""  # closed ungreeted: a standby backs off, never reads death into it
+        assert listener.turned_away == 1 and listener.accepted == 2
+    finally:
+        for conn in conns:
+            conn.close()
+        listener.close()
+
+
+_DESCRIPTORS_EXHAUSTED = """
+import resource, socket, sys, time
+from singleton.runtime.sense_listener import SenseListener
+listener = SenseListener("127.0.0.1", 0, "").start()
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    for _ in range(100):
+        held.append(socket.socket())
+except OSError:
+    pass
+print(listener.port, flush=True)
+deadline = time.monotonic() + 10
+while listener.accept_errors == 0 and time.monotonic() < deadline:
+    time.sleep(0.01)
+first = listener.accept_errors
+time.sleep(1.0)
+print(first, listener.accept_errors, flush=True)
+"""
+
+
+def test_an_accept_that_fails_for_want_of_descriptors_does_not_spin() -> None:
+    """EMFILE leaves the connection queued and the socket readable: a loop that retried at once would burn the
+    CPU (and the GIL the leader's ticks need) for as long as it lasts."""
+    proc = subprocess.Popen([sys.executable, "-c", _DESCRIPTORS_EXHAUSTED], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        conn = socket.create_connection(("127.0.0.1", port), timeout=5)  # completes in its kernel's backlog
+        first, later = map(int, proc.stdout.readline().split())
+        conn.close()
+        assert first >= 1, "accept never failed: the descriptor limit did not bite"
+        assert later - first <= 20  # one try per pause (0.2 s) in the second that followed; a spin makes thousands
+    finally:
+        proc.kill()
+        proc.wait(5)
 
 
 # --- which leaders a standby senses ------------------------------------------------------------------------

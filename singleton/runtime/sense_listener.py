@@ -11,6 +11,8 @@ import threading
 
 GREETING = b"singleton-sense/1 "
 CONNECT_TIMEOUT_S = 1.0  # a connect or greeting slower than this is "timeout", never death
+MAX_HELD = 256  # connections held at once: far more than replicas; bounds what a stranger can make us hold
+ACCEPT_PAUSE_S = 0.2  # after accept() fails for want of descriptors or memory
 _WILDCARDS = ("", "0.0.0.0", "::")
 
 
@@ -53,7 +55,8 @@ class SenseListener:
     """Accepts standbys' connections, greets each with our nonce, and keeps them open for as long as this process
     runs: the kernel closing them is the signal. Connections a standby ends are closed here too."""
 
-    def __init__(self, host: str, port: int, advertise_host: str) -> None:
+    def __init__(self, host: str, port: int, advertise_host: str, max_held: int = MAX_HELD) -> None:
+        self.max_held = max_held
         self.nonce = secrets.token_hex(8)
         self._server = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
         self._server.setblocking(False)
@@ -65,7 +68,10 @@ class SenseListener:
         self._selector.register(self._server, selectors.EVENT_READ, "accept")
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._closed = False
+        self._closing = threading.Event()
         self.accepted = 0  # connections accepted so far (for tests and debugging)
+        self.accept_errors = 0  # accept() failures (descriptors exhausted...), each followed by a pause
+        self.turned_away = 0  # connections closed ungreeted because max_held were held
         self._thread = threading.Thread(target=self._serve, daemon=True, name="singleton-sense-listener")
 
     def start(self) -> SenseListener:
@@ -87,7 +93,21 @@ class SenseListener:
     def _accept(self) -> None:
         try:
             conn, _ = self._server.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
         except OSError:
+            # EMFILE, ENFILE, ENOBUFS...: the connection stays queued and the socket readable, so without a pause
+            # this thread would spin (taking the GIL from the ticks). The standby's greeting times out meanwhile:
+            # a timeout, never death.
+            self.accept_errors += 1
+            self._closing.wait(ACCEPT_PAUSE_S)
+            return
+        if len(self._selector.get_map()) - 2 >= self.max_held:
+            # Held for ever, connections are descriptors: past the cap (a flood on an exposed port) we turn new
+            # ones away ungreeted rather than run this process out of descriptors (its etcd calls need them).
+            # An ungreeted close is never death to a standby: it backs off.
+            self.turned_away += 1
+            conn.close()
             return
         try:
             conn.setblocking(True)
@@ -114,6 +134,7 @@ class SenseListener:
     def close(self) -> None:
         """Only when the replica stops (after its handover): closing earlier would look like a death."""
         self._closed = True
+        self._closing.set()
         self._wake_w.send(b"x")
         if self._thread.is_alive():
             self._thread.join(2.0)
