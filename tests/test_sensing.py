@@ -18,7 +18,7 @@ from singleton.core.election import Election
 from singleton.core.records import leader_record
 from singleton.runtime.campaign import Campaigner
 from singleton.core.sensing import Action, DeathSense, Outcome, State
-from singleton.runtime.sense_listener import SenseListener, split_address
+from singleton.runtime.sense_listener import SenseListener, bind_address, split_address
 from singleton.runtime.sensing import Sensor
 from singleton.testing.proxy import CuttableProxy
 from singleton.testing.recorder import wait_for
@@ -140,6 +140,18 @@ def test_addresses() -> None:
     for bad in ("nohost", ":80", "h:port"):
         with pytest.raises(ValueError):
             split_address(bad)
+
+
+def test_all_interfaces_binds_both_families_where_it_can() -> None:
+    if socket.has_dualstack_ipv6():
+        assert bind_address("::", "10.0.0.7") == ("::", socket.AF_INET6, True)  # "::" alone refused IPv4 standbys
+        assert bind_address("", "10.0.0.7") == ("::", socket.AF_INET6, True)
+        assert bind_address("0.0.0.0", "fd00::7") == ("::", socket.AF_INET6, True)  # an IPv6-only cluster's $POD_IP
+    else:  # no IPv6 here: as asked
+        assert bind_address("", "10.0.0.7") == ("", socket.AF_INET, False)
+    assert bind_address("0.0.0.0", "10.0.0.7") == ("0.0.0.0", socket.AF_INET, False)
+    assert bind_address("127.0.0.1", "127.0.0.1") == ("127.0.0.1", socket.AF_INET, False)
+    assert bind_address("::1", "::1") == ("::1", socket.AF_INET6, False)
 
 
 # --- the sockets -------------------------------------------------------------------------------------------

@@ -43,6 +43,15 @@ def advertised_host(sense_host: str, advertise_host: str) -> str:
         return "127.0.0.1"
 
 
+def bind_address(sense_host: str, advertised: str) -> tuple[str, socket.AddressFamily, bool]:
+    """(host, family, dual-stack) to bind. "All interfaces" binds both families where it can: "::" alone is
+    IPv6-only, and 0.0.0.0 with an IPv6 address advertised (an IPv6-only cluster's $POD_IP) would have every
+    standby refused, so sensing never started."""
+    if socket.has_dualstack_ipv6() and (sense_host in ("", "::") or (sense_host == "0.0.0.0" and ":" in advertised)):
+        return "::", socket.AF_INET6, True
+    return sense_host, socket.AF_INET6 if ":" in sense_host else socket.AF_INET, False
+
+
 def split_address(address: str) -> tuple[str, int]:
     """`host:port` or `[v6]:port`; ValueError when it is neither."""
     host, sep, port = address.rpartition(":")
@@ -58,10 +67,11 @@ class SenseListener:
     def __init__(self, host: str, port: int, advertise_host: str, max_held: int = MAX_HELD) -> None:
         self.max_held = max_held
         self.nonce = secrets.token_hex(8)
-        self._server = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        advertised = advertised_host(host, advertise_host)
+        bind_host, family, dualstack = bind_address(host, advertised)
+        self._server = socket.create_server((bind_host, port), family=family, dualstack_ipv6=dualstack)
         self._server.setblocking(False)
         self.port = self._server.getsockname()[1]
-        advertised = advertised_host(host, advertise_host)
         self.address = f"[{advertised}]:{self.port}" if ":" in advertised else f"{advertised}:{self.port}"
         self._wake_r, self._wake_w = socket.socketpair()
         self._selector = selectors.DefaultSelector()
