@@ -2,6 +2,7 @@
 (a reset the leader survives, a blackhole) with the in-memory backend holding the lease."""
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -11,11 +12,13 @@ from collections.abc import Iterator
 import pytest
 
 from singleton.backends.abc import KeyValue
+from singleton.backends.etcd import EtcdBackend
 from singleton.backends.memory import MemoryBackend
 from singleton.core.clock import FakeClock, SystemClock
 from singleton.core.config import Config
 from singleton.core.election import Election
 from singleton.core.records import leader_record
+from singleton.dev.embedded import EtcdCluster
 from singleton.runtime.campaign import Campaigner
 from singleton.core.sensing import Action, DeathSense, Outcome, State
 from singleton.runtime.sense_listener import SenseListener, bind_address, split_address
@@ -341,6 +344,75 @@ def test_an_accept_that_fails_for_want_of_descriptors_does_not_spin() -> None:
         assert first >= 1, "accept never failed: the descriptor limit did not bite"
         assert later - first <= 20  # one try per pause (0.2 s) in the second that followed; a spin makes thousands
     finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def test_ten_standbys_sensing_one_death_revoke_quietly(etcd: EtcdCluster, caplog: pytest.LogCaptureFixture) -> None:
+    """Every standby senses the same death at once: whichever revokes first wins, the others find the key gone
+    (or revoke a lease already gone, which etcd answers with not-found): no warning about a failed revoke."""
+    caplog.set_level(logging.INFO, logger="singleton")
+    backend = EtcdBackend(etcd.endpoints)
+    key = "/singleton/ten-standbys/leader"
+    lease_id = backend.grant_lease(10, 5.0).lease_id
+    assert backend.campaign(key, b"leader", lease_id, 5.0).won
+    listener = SenseListener("127.0.0.1", 0, "").start()
+    sensors = [Sensor(listener.address, listener.nonce, lease_id, backend, SystemClock(), 5.0, "leader", key).start()
+               for _ in range(10)]
+    try:
+        wait_for(lambda: all(s.sense.state is State.CONNECTED for s in sensors), 10, "every sensor to connect")
+        listener.close()
+        for sensor in sensors:
+            sensor.join(10)
+        assert not any(s._thread.is_alive() for s in sensors)
+        assert 1 <= sum(s.revoked.is_set() for s in sensors) <= 10 and backend.get(key, 5.0)[0] is None
+        assert not [r for r in caplog.records if "could not revoke" in r.getMessage()]
+    finally:
+        for sensor in sensors:
+            sensor.stop()
+        backend.close()
+
+
+_STUCK_LEADER = """
+import re, sys
+from singleton.runtime.sense_listener import SenseListener
+listener = SenseListener("127.0.0.1", 0, "").start()
+print(listener.port, listener.nonce, flush=True)
+sys.stdin.readline()
+print("stuck", flush=True)
+re.match(r"(a+)+$", "a" * 64 + "b")  # holds the GIL (the regex engine never lets go of it): no thread runs
+"""
+
+
+def test_a_leader_whose_threads_are_stuck_is_not_dead(lease: tuple[MemoryBackend, int]) -> None:
+    """A job holding the GIL freezes the listener's thread, not its sockets: the kernel still holds the
+    connections and completes a probe's handshake from the backlog; the greeting that does not come is a timeout."""
+    backend, lease_id = lease
+    proc = subprocess.Popen([sys.executable, "-c", _STUCK_LEADER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True)
+    proxy: CuttableProxy | None = None
+    sensor: Sensor | None = None
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        port, nonce = proc.stdout.readline().split()
+        proxy = CuttableProxy("127.0.0.1", int(port))
+        sensor = Sensor(f"127.0.0.1:{proxy.port}", nonce, lease_id, backend, SystemClock(), 1.0, "leader",
+                        LEADER_KEY).start()
+        wait_for(lambda: sensor is not None and sensor.sense.state is State.CONNECTED, 5, "the sensor to connect")
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "stuck"
+        proxy.reset()  # the held connection ends while the leader lives, stuck: the probe meets no greeting
+        wait_for(lambda: sensor is not None and (sensor.revoked.is_set() or sensor.sense.state is State.CONNECTING),
+                 5, "the probe to be judged")
+        assert not sensor.revoked.is_set() and backend.keep_alive_once(lease_id, 1.0) == 10
+        assert proc.poll() is None  # it was alive and stuck all along
+    finally:
+        if sensor is not None:
+            sensor.stop()
+            sensor.join(5)
+        if proxy is not None:
+            proxy.close()
         proc.kill()
         proc.wait(5)
 
