@@ -35,6 +35,7 @@ _takeover_time = meter.create_histogram("singleton.takeover_time", unit="s",
                                         description="How long the leader key was vacant before this replica won")
 
 TICK_OUTCOMES = ("run", "ok", "failed", "skipped", "late", "timed_out")
+MISSED_REASONS = ("takeover", "coalesced", "beyond_window", "overrun", "late", "unclaimed", "pool_full")
 
 # Live gauges read each replica's state through a callback; replicas register themselves here.
 _gauge_sources: weakref.WeakSet[GaugeSource] = weakref.WeakSet()
@@ -77,6 +78,10 @@ class Stats:
     step_downs: Counter[str] = field(default_factory=Counter)
     ticks: Counter[str] = field(default_factory=Counter)
     missed_slots: Counter[str] = field(default_factory=Counter)
+    # Per named job: (job, outcome) and (job, reason). The legacy single job counts only in the totals above, and its
+    # series carry no job_name label, exactly as before several jobs existed.
+    job_ticks: Counter[tuple[str, str]] = field(default_factory=Counter)
+    job_missed: Counter[tuple[str, str]] = field(default_factory=Counter)
     clock_skew_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -90,8 +95,16 @@ class Stats:
         for outcome in TICK_OUTCOMES:
             _ticks.add(0, self._attrs(outcome=outcome))
 
-    def _attrs(self, **extra: str) -> dict[str, str]:
-        return {"replica_id": self.replica_id, **extra}
+    def _attrs(self, job: str | None = None, **extra: str) -> dict[str, str]:
+        # `job_name`, not `job`: Prometheus's own target label `job` would rename ours to `exported_job`.
+        return {"replica_id": self.replica_id, **({"job_name": job} if job is not None else {}), **extra}
+
+    def register_job(self, job: str) -> None:
+        """A named job's counters exist at 0 from the start, as the replica's do."""
+        for outcome in TICK_OUTCOMES:
+            _ticks.add(0, self._attrs(job, outcome=outcome))
+        for reason in MISSED_REASONS:
+            _missed_slots.add(0, self._attrs(job, reason=reason))
 
     def won(self, vacant_for_s: float | None) -> None:
         with self._lock:
@@ -114,26 +127,30 @@ class Stats:
         else:
             _renewal_latency.record(latency_s, self._attrs())
 
-    def tick(self, outcome: str, lateness_s: float | None = None) -> None:
+    def tick(self, outcome: str, lateness_s: float | None = None, job: str | None = None) -> None:
         with self._lock:
             self.ticks[outcome] += 1
-        _ticks.add(1, self._attrs(outcome=outcome))
+            if job is not None:
+                self.job_ticks[job, outcome] += 1
+        _ticks.add(1, self._attrs(job, outcome=outcome))
         if lateness_s is not None:
-            _tick_lateness.record(lateness_s, self._attrs())
+            _tick_lateness.record(lateness_s, self._attrs(job))
 
-    def missed(self, reason: str, count: int) -> None:
+    def missed(self, reason: str, count: int, job: str | None = None) -> None:
         if count <= 0:
             return
         with self._lock:
             self.missed_slots[reason] += count
-        _missed_slots.add(count, self._attrs(reason=reason))
+            if job is not None:
+                self.job_missed[job, reason] += count
+        _missed_slots.add(count, self._attrs(job, reason=reason))
 
     def skew(self, seconds: float) -> None:
         self.clock_skew_s = seconds
 
-    def job_done(self, duration_s: float, failed: bool) -> None:
-        self.tick("failed" if failed else "ok")
-        _job_duration.record(duration_s, self._attrs())
+    def job_done(self, duration_s: float, failed: bool, job: str | None = None) -> None:
+        self.tick("failed" if failed else "ok", job=job)
+        _job_duration.record(duration_s, self._attrs(job))
 
     def counters(self) -> dict[str, int]:
         with self._lock:
