@@ -68,7 +68,7 @@ class Leadership(Ticker):
     @property
     def chain(self) -> RunChain | None:
         """The legacy job's run record (the first job's, with several)."""
-        return self.tracks[0].chain
+        return self.tracks[0].chain if self.tracks else None
 
     def chain_for(self, job: str) -> RunChain | None:
         track = self._by_name.get(job)

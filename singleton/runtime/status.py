@@ -16,7 +16,7 @@ from singleton.runtime.telemetry import GaugeSource, Stats
 
 if TYPE_CHECKING:
     from singleton.backends.abc import Backend
-    from singleton.runtime.jobs import JobRunner
+    from singleton.runtime.tracks import AllJobs
     from singleton.runtime.leadership import Leadership
 
 
@@ -40,7 +40,7 @@ class StatusMixin(GaugeSource):
     stats: Stats
     backend: Backend
     _leadership: Leadership | None
-    _jobs: JobRunner | None
+    _jobs: AllJobs | None
     _leader_seen: tuple[str, int]
     _last_tick: tuple[int, float]
     _runner_thread: threading.Thread | None
@@ -106,7 +106,7 @@ class StatusMixin(GaugeSource):
         if thread is None or not thread.is_alive():
             problems.append("the replica loop is not running")
         now, cfg = self.clock.monotonic(), self.config
-        running = self._jobs.running() if self._jobs is not None else None
+        running = self._jobs.hung_candidate() if self._jobs is not None else None
         if running is not None and running.cancelled_at is not None \
                 and now - running.cancelled_at >= cfg.job_cancel_grace_s:
             problems.append(f"the tick of slot {running.slot} still runs {now - running.cancelled_at:.1f} s after it "

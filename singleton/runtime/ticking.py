@@ -153,7 +153,9 @@ class Ticker:
                 reason = self._catch_up(track, track.plan.slot)
                 if reason is not None:
                     return reason
-        if len(self.tracks) > 1 or not self.tracks[0].legacy:
+        if not self.tracks:
+            log.info("leading with no jobs (gate only) %s", self._tag)
+        elif len(self.tracks) > 1 or not self.tracks[0].legacy:
             log.info("leading %d job(s) %s", len(self.tracks), self._tag)
         return None
 
