@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from singleton.core.schedule import Interval, Schedule
+from singleton.core.schedule import Cron, Interval, Schedule
 
 # A clock difference above this is reported (log and gauge) at a takeover.
 SKEW_WARNING_S = 0.5
@@ -72,11 +72,14 @@ def plan_catch_up_for(schedule: Schedule, record_slot: int | None, first_slot: i
         return CatchUpPlan(missed_from, missed_to, coalesce_from, coalesce_from - missed_from)
     if record_slot is None:
         return CatchUpPlan()
-    missed: list[int] = []
-    slot = schedule.slot_after(record_slot)
-    while slot < first_slot and len(missed) < CRON_CATCH_UP_LIMIT:
-        missed.append(slot)
-        slot = schedule.slot_after(slot)
+    if isinstance(schedule, Cron):
+        missed = schedule.slots_between(record_slot, first_slot, CRON_CATCH_UP_LIMIT)
+    else:
+        missed = []
+        slot = schedule.slot_after(record_slot)
+        while slot < first_slot and len(missed) < CRON_CATCH_UP_LIMIT:
+            missed.append(slot)
+            slot = schedule.slot_after(slot)
     if not missed:
         return CatchUpPlan()
     if policy is CatchUp.SKIP:

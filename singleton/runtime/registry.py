@@ -107,14 +107,11 @@ class JobRegistry:
 
 
 def job_decorator(registry: JobRegistry, fn: JobFn | None, **options: Any) -> Any:
-    """`@app.job` (legacy when bare) and `@app.job(...)`."""
-    if fn is not None and not any(v is not None for k, v in options.items()
-                                  if k not in ("jitter", "overlap")) \
-            and options.get("jitter", 0.0) == 0.0 and options.get("overlap", "skip") == "skip":
-        return registry.add_legacy(fn)
+    """`@app.job` / `@app.job()` (no option: the legacy every-second job) and `@app.job(...)`."""
+    defaults = {"jitter": 0.0, "overlap": "skip"}
+    plain = all(value == defaults.get(key) for key, value in options.items())
 
     def register(f: JobFn) -> JobFn:
-        return registry.add_with(f, **options)
+        return registry.add_legacy(f) if plain else registry.add_with(f, **options)
 
     return register(fn) if fn is not None else register
-
