@@ -88,7 +88,7 @@ class FakeWake:
 
     def wait(self, timeout: float) -> bool:
         self.waits += 1
-        assert self.waits < 20_000, "tick loop did not end"
+        assert self.waits < 50_000, "tick loop did not end"
         self.clock.advance(timeout)
         self.on_wait()
         return False
@@ -343,3 +343,47 @@ def test_after_a_crash_each_job_numbers_on_after_its_record_and_counts_what_it_m
         assert mine.runs[0]["start"] - started_at <= period + 0.01, spec.name
     if offset_s == 0.0:  # the slots nobody claimed while the key stood vacant are counted per job
         assert b.stats.job_missed["quarter", "takeover"] >= 8 and b.stats.job_missed["second", "takeover"] >= 2
+
+
+# --- the every-second job takes the general arithmetic, which must be the ticker's exactly --------------------
+def test_the_general_plans_are_the_every_second_tickers_for_an_every_second_schedule() -> None:
+    import random
+
+    from singleton.core.runs import CatchUp, plan_catch_up, plan_catch_up_for
+    from singleton.core.schedule import Interval
+    from singleton.core.ticker import first_plan, first_schedule_plan, next_schedule_plan, plan_next
+
+    every = Interval(1000)
+    rng = random.Random(7)
+    for _ in range(2000):
+        wall = T0 + rng.uniform(-5, 5)
+        mono = 100.0 + rng.uniform(0, 10)
+        handover = rng.choice([None, T0 + rng.randint(-8, 3700)])
+        record = rng.choice([None, T0 + rng.randint(-8, 3700)])
+        legacy = first_plan(wall, mono, handover, record)
+        general = first_schedule_plan(every, wall, mono, None if handover is None else handover + 1, record)
+        assert (general.slot, general.scheduled_at) == (legacy.slot, legacy.scheduled_at)
+        assert general.wake_at == pytest.approx(legacy.wake_at, abs=1e-9)
+        last = T0 + rng.randint(-3700, 3700)
+        legacy, general = plan_next(last, wall, mono), next_schedule_plan(every, last, wall, mono)
+        assert general.slot == legacy.slot and general.wake_at == pytest.approx(legacy.wake_at, abs=1e-9)
+        first, window = T0 + rng.randint(0, 300), rng.choice([1.0, 30.0, 60.0, 90.5])
+        for policy in CatchUp:
+            assert plan_catch_up_for(every, record, first, policy, window) == plan_catch_up(record, first, policy,
+                                                                                          window)
+
+
+def test_a_cron_job_through_the_fall_back_night_runs_each_local_time_once() -> None:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo("America/New_York")
+    start = datetime(2026, 11, 1, 0, 55, tzinfo=zone).timestamp()  # 00:55 EDT; at 02:00 EDT clocks go to 01:00 EST
+    clock = FakeClock(wall=start)
+    backend = MemoryBackend(clock)
+    spec = build_job_spec("halfhour", cron="0 */30 * * * *", tz="America/New_York")
+    runner = FakeRunner(clock)
+    leadership, _ = lead(backend, clock, [(spec, runner)], 2 * 3600 + 10 * 60)
+    leadership._tick_until_step_down(None)
+    local = [datetime.fromtimestamp(s, zone).strftime("%H:%M %Z") for s in runner.slots]
+    assert local == ["01:00 EDT", "01:30 EDT", "02:00 EST"]  # the repeated 01:00 and 01:30 EST do not run again
