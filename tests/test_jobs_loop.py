@@ -24,6 +24,7 @@ from singleton.runtime.leadership import Leadership
 from singleton.runtime.runs import RunChain
 from singleton.runtime.telemetry import Stats
 from singleton.runtime.tracks import Track
+from singleton.testing.recorder import wait_for
 
 T0 = 1_700_000_000  # a whole minute (1700000000 % 60 == 20: cron slots below are computed, not assumed)
 
@@ -139,7 +140,8 @@ def config(replica: str = "r1", **extra: Any) -> Config:
 
 
 def lead(backend: MemoryBackend, clock: FakeClock, jobs: list[tuple[JobSpec, Any]], run_for_s: float,
-         replica: str = "r1", **cfg_extra: Any) -> tuple[Leadership, Any]:
+         replica: str = "r1", stop: StepDownReason = StepDownReason.SHUTDOWN, **cfg_extra: Any
+         ) -> tuple[Leadership, Any]:
     """One term of `replica` on the memory backend, with named jobs; returns it and the handover it was woken by."""
     cfg = config(replica, **cfg_extra)
     lease = backend.grant_lease(10, 1.0)
@@ -160,7 +162,7 @@ def lead(backend: MemoryBackend, clock: FakeClock, jobs: list[tuple[JobSpec, Any
     tracks = [Track(spec, runner, RunChain(cfg, backend, clock, term.fencing_token, None, spec.name))
               for spec, runner in jobs]
     leadership = Leadership(cfg, backend, clock, election, term, None, Stats(replica), FakeWake(clock, renew),  # type: ignore[arg-type]
-                            lambda: StepDownReason.SHUTDOWN if clock.monotonic() >= end else None, tracks=tracks)
+                            lambda: stop if clock.monotonic() >= end else None, tracks=tracks)
     return leadership, handover
 
 
@@ -219,7 +221,7 @@ def test_overlap_skip_skips_and_counts_and_allow_runs_up_to_max_instances() -> N
     allow = FakeRunner(clock, duration_s=2.5, max_instances=2)
     leadership, _ = lead(backend, clock, [(build_job_spec("skip", every=1), skip),
                                           (build_job_spec("allow", every=1, overlap="allow", max_instances=2), allow)],
-                         10.0)
+                         10.0, stop=StepDownReason.LEADERSHIP_LOST)  # ends at once: no graceful drain
     leadership._tick_until_step_down(None)
     assert skip.slots == [T0 + 1, T0 + 4, T0 + 7, T0 + 10]  # one at a time: two slots skipped after each
     # Two at a time: two consecutive slots run, the third is skipped while both still go.
@@ -271,8 +273,10 @@ def test_a_full_worker_pool_skips_and_counts_and_never_queues() -> None:
     runners = {n: JobRunner(job(n), lambda ctx, d, e: done.update([ctx.job]), clock, pool=pool)
                for n in ("blocker", "other")}
     try:
-        leadership, _ = lead(backend, clock, [(build_job_spec(n, every=1), runners[n]) for n in runners], 4.0)
+        leadership, _ = lead(backend, clock, [(build_job_spec(n, every=1), runners[n]) for n in runners], 4.0,
+                             stop=StepDownReason.LEADERSHIP_LOST)
         leadership._tick_until_step_down(None)
+        wait_for(lambda: started, 5, "the blocker to start on its worker")
     finally:
         release.set()
         pool.close()
@@ -387,3 +391,21 @@ def test_a_cron_job_through_the_fall_back_night_runs_each_local_time_once() -> N
     leadership._tick_until_step_down(None)
     local = [datetime.fromtimestamp(s, zone).strftime("%H:%M %Z") for s in runner.slots]
     assert local == ["01:00 EDT", "01:30 EDT", "02:00 EST"]  # the repeated 01:00 and 01:30 EST do not run again
+
+
+def test_a_graceful_stop_keeps_the_quick_jobs_on_schedule_until_the_slow_run_ends_then_hands_over() -> None:
+    clock = FakeClock(wall=T0 + 0.5)
+    backend = MemoryBackend(clock)
+    slow, quick = FakeRunner(clock, duration_s=2.2), FakeRunner(clock)
+    a, _ = lead(backend, clock, [(build_job_spec("slow", every=7), slow), (build_job_spec("quick", every=0.25), quick)],
+                1.0)  # asked to stop at T0 + 1.5, while slow's run of T0 + 1 goes on until T0 + 3.2
+    assert a._tick_until_step_down(None) is StepDownReason.SHUTDOWN
+    assert clock.wall() == pytest.approx(T0 + 3.2, abs=0.06)  # the first moment no run was in flight
+    assert quick.slots == list(range(4 * T0 + 3, 4 * T0 + 13))  # 0.75 .. 3.0: no instant missed while waiting
+    assert a.drained_s == pytest.approx(1.7, abs=0.06)
+    a._hand_over()
+    b_runner = FakeRunner(clock)
+    b, handover = lead(backend, clock, [(build_job_spec("quick", every=0.25), b_runner)], 1.0, replica="r2")
+    assert handover is not None and handover.job_next_slots["quick"] == 4 * T0 + 13
+    b._tick_until_step_down(None, handover)
+    assert b_runner.slots[0] == 4 * T0 + 13  # the successor takes the very next instant

@@ -132,7 +132,11 @@ def first_schedule_plan(schedule: Schedule, wall_now: float, mono_now: float, ha
 
 
 def next_schedule_plan(schedule: Schedule, last_slot: int, wall_now: float, mono_now: float, job: str = "",
-                       jitter_s: float = 0.0) -> SlotPlan:
-    """`plan_next` for any schedule: due at our next instant, numbered never below the slot after `last_slot`."""
-    nxt = schedule.first_after(wall_now)
+                       jitter_s: float = 0.0, handled_wall: float | None = None) -> SlotPlan:
+    """`plan_next` for any schedule: due at our next instant, numbered never below the slot after `last_slot`.
+
+    `handled_wall`: the wall instant the handled slot was due at. The monotonic clock decides when a slot is due, so
+    the wall clock may still read a hair before that instant (float rounding, a slewing clock); the next slot is then
+    the one after it, never the same instant again."""
+    nxt = schedule.first_after(wall_now if handled_wall is None else max(wall_now, handled_wall))
     return schedule_plan(schedule, max(schedule.slot_after(last_slot), nxt), nxt, wall_now, mono_now, job, jitter_s)

@@ -56,6 +56,8 @@ class Leadership(Ticker):
         self._by_name = {t.name: t for t in tracks}
         self._active: set[int] = set()  # tracks with runs in flight
         self._run_deadline: float | None = None  # the next moment a run's timeout verdict can change
+        self._drain_started: float | None = None  # a graceful stop waits for an idle moment, ticking meanwhile
+        self.drained_s = 0.0
         self._wake = wake  # set by the keepalive after each renewal and by stop()/resign()
         self._stop_reason = stop_reason
         self._on_step_down = on_step_down  # posts to the listeners' thread; never blocks
@@ -188,7 +190,8 @@ class Leadership(Ticker):
         self.election.step_down(reason)
         self.stats.stepped_down(reason.value)
         running = self.jobs.running()
-        plan = StepDown(reason, clock.monotonic(), stop_timeout_s=cfg.stop_timeout_s,
+        # A graceful stop already let the runs in flight go on (and the other jobs tick) while it drained.
+        plan = StepDown(reason, clock.monotonic(), stop_timeout_s=max(0.0, cfg.stop_timeout_s - self.drained_s),
                         cancel_grace_s=cfg.job_cancel_grace_s,
                         job_cancelled_at=running.cancelled_at if running else None)
         log_at = logging.INFO if reason.graceful else logging.WARNING

@@ -322,6 +322,8 @@ class Singleton(StatusMixin):
             chain.finished(ctx.slot, ctx.scheduled_at + ctx.lateness_s, duration_s, outcome(ctx, error),
                                       "" if error is None else f"{type(error).__name__}: {error}",
                                       ctx.coalesced_slots[0] if ctx.coalesced_slots else 0)
+        if self._stop.is_set() or self._resign.is_set():
+            self._wake.set()  # a draining leader hands over at the first idle moment
         if error is not None:
             log.error("job %sfailed in slot %d replica=%s token=%d", "" if self._registry.legacy else f"{ctx.job} ",
                       ctx.slot, ctx.replica_id, ctx.fencing_token, exc_info=error)

@@ -19,7 +19,7 @@ from singleton.core.lease import StepDownReason
 from singleton.core.records import Handover
 from singleton.core.runs import CatchUp, plan_catch_up_for
 from singleton.core.term import JobVerdict, job_deadline, job_verdict
-from singleton.core.ticker import CLAIM_AHEAD_S, Verdict, check_due, first_schedule_plan, next_schedule_plan
+from singleton.core.ticker import CLAIM_AHEAD_S, SlotPlan, Verdict, check_due, first_schedule_plan, next_schedule_plan
 from singleton.runtime.jobs import TickContext
 from singleton.runtime.pool import PoolFull
 from singleton.runtime.runs import ClaimOutcome, Prepared, claim_together
@@ -42,6 +42,12 @@ _EPS_S = 1e-6
 _MAX_WAIT_S = 1.0
 
 
+def _handled_wall(plan: SlotPlan, wall: float, mono: float) -> float:
+    """The instant the handled plan was due at, on the wall clock as it reads now (a step of it included), plus a
+    tenth of a millisecond: float sums land a hair before an instant, and instants are >= 100 ms apart."""
+    return wall + (plan.wake_at - mono) + 1e-4
+
+
 class Ticker:
     """The tick loop, as methods of Leadership (which holds the term, the tracks and the clocks)."""
 
@@ -56,6 +62,8 @@ class Ticker:
     _stop_reason: Callable[[], StepDownReason | None]
     _active: set[int]
     _run_deadline: float | None
+    _drain_started: float | None
+    drained_s: float
     last_started_slot: int | None
     last_tick_wall: float | None
     ticker_beat: float
@@ -81,7 +89,7 @@ class Ticker:
             self.ticker_beat = mono
             # The lease check runs right before every pass (and every run), so a process that was paused past its
             # lease (GC, SIGSTOP, VM freeze) steps down instead of running anything.
-            reason = self._stop_reason() or self.election.check(mono) or self._check_runs(mono)
+            reason = self._draining(self._stop_reason(), mono) or self.election.check(mono) or self._check_runs(mono)
             if reason is not None:
                 return reason
             ready: list[Track] = []
@@ -95,6 +103,8 @@ class Ticker:
                               keeper.remaining_s(mono) - cfg.min_remaining_ttl_s + 0.001)
                 if self._run_deadline is not None:
                     wake_in = min(wake_in, self._run_deadline - mono + 0.001)
+                if self._drain_started is not None:
+                    wake_in = min(wake_in, 0.05)  # runs ending wake us too; this bounds a missed wake-up
                 self._wake.wait(max(0.0, wake_in))
                 continue
             try:
@@ -105,6 +115,22 @@ class Ticker:
                     heapq.heappush(heap, (track.event_at(), track.version, track.index))
             if reason is not None:
                 return reason
+
+    def _draining(self, stop: StepDownReason | None, mono: float) -> StepDownReason | None:
+        """A graceful stop (shutdown, resign) hands over at the first moment no run is in flight, and the jobs keep
+        their schedules until then: waiting for a slow run must not make the quick jobs miss their instants (the
+        handover names each job's next slot, and a slot that passed while we waited would be lost). Bounded by the
+        stop timeout; the step-down then cancels what still runs."""
+        if stop is None or not stop.graceful:
+            return stop
+        if not any(t.runner.busy() for t in self.tracks):
+            return stop
+        if self._drain_started is None:
+            self._drain_started = mono
+            log.info("stopping (%s): waiting for the runs in flight, jobs keep their schedules meanwhile %s",
+                     stop.value, self._tag)
+        self.drained_s = mono - self._drain_started
+        return stop if self.drained_s >= self.config.stop_timeout_s else None
 
     # --- the start of a term ---------------------------------------------------------------------------
     def _load_records(self) -> StepDownReason | None:
@@ -224,12 +250,13 @@ class Ticker:
                 claims.append((track, limit - due.lateness_s))
                 continue
             else:
-                reason = self._stop_reason() or self.election.check(clock.monotonic())
+                now = clock.monotonic()
+                reason = self._draining(self._stop_reason(), now) or self.election.check(now)
                 if reason is not None:
                     return reason
                 self._start(track, plan.slot, plan.scheduled_at, due.lateness_s, wall)
             track.plan = next_schedule_plan(track.spec.schedule, plan.slot, clock.wall(), clock.monotonic(),
-                                            track.name, track.spec.jitter_s)
+                                            track.name, track.spec.jitter_s, _handled_wall(plan, clock.wall(), clock.monotonic()))
         return self._claim_now_or_ahead(claims) if claims else None
 
     def _claim_now_or_ahead(self, claims: list[tuple[Track, float]]) -> StepDownReason | None:
@@ -250,7 +277,7 @@ class Ticker:
                 self.stats.tick("unclaimed", job=track.label)
                 self.stats.missed("unclaimed", 1, track.label)
                 track.plan = next_schedule_plan(track.spec.schedule, plan.slot, clock.wall(), clock.monotonic(),
-                                                track.name, track.spec.jitter_s)
+                                                track.name, track.spec.jitter_s, _handled_wall(plan, clock.wall(), clock.monotonic()))
         return None
 
     def _claim_together(self, claims: list[tuple[Track, float]]) -> list[ClaimOutcome]:
