@@ -115,7 +115,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     config = _config(args)
     backend = EtcdBackend.from_config(config)
     try:
-        return show_history(backend, config, as_json=args.json, limit=args.limit)
+        return show_history(backend, config, as_json=args.json, limit=args.limit, job=args.job)
     finally:
         backend.close()
 
@@ -133,7 +133,8 @@ def cmd_run(args: argparse.Namespace, given: set[str]) -> int:
                          stop_timeout_s=args.stop_timeout, job_timeout_s=args.job_timeout,
                          job_cancel_grace_s=args.job_cancel_grace,
                          run_record=_on_off("--run-record", args.run_record), catch_up=args.catch_up,
-                         catch_up_window_s=args.catch_up_window, history_size=args.history_size, **extra)
+                         catch_up_window_s=args.catch_up_window, history_size=args.history_size,
+                         workers=args.workers, **extra)
     except SettingError as err:
         raise ConfigError(describe_setting_error(err, given)) from None
     job = load_job(args.job)  # all checked before anything touches etcd
@@ -177,7 +178,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from singleton.ops.commands import describe_runs, describe_vacancy, leader_status
 
     config = _config(args)
-    status = leader_status(config)
+    status = leader_status(config, job=args.job)
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
