@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from singleton.core.errors import BackendError
@@ -217,6 +218,7 @@ class Ticker:
     def _serve(self, ready: list[Track], mono: float, wall: float) -> StepDownReason | None:
         clock = self.clock
         claims: list[tuple[Track, float]] = []  # (track, how long its claim may take)
+        started = False
         for track in sorted(ready, key=lambda t: t.plan.wake_at if t.plan else 0.0):
             plan, chain = track.plan, track.chain
             assert plan is not None
@@ -250,11 +252,16 @@ class Ticker:
                 claims.append((track, limit - due.lateness_s))
                 continue
             else:
+                if started:
+                    # Let the worker just handed a run take the GIL now: holding it while starting the next runs
+                    # would keep that run's first line waiting for the interpreter's 5 ms switch interval.
+                    time.sleep(0)
                 now = clock.monotonic()
                 reason = self._draining(self._stop_reason(), now) or self.election.check(now)
                 if reason is not None:
                     return reason
                 self._start(track, plan.slot, plan.scheduled_at, due.lateness_s, wall)
+                started = True
             track.plan = next_schedule_plan(track.spec.schedule, plan.slot, clock.wall(), clock.monotonic(),
                                             track.name, track.spec.jitter_s, _handled_wall(plan, clock.wall(), clock.monotonic()))
         return self._claim_now_or_ahead(claims) if claims else None
