@@ -12,7 +12,6 @@ from __future__ import annotations
 import heapq
 import logging
 import threading
-import time
 from typing import TYPE_CHECKING
 
 from singleton.core.errors import BackendError
@@ -20,7 +19,7 @@ from singleton.core.lease import StepDownReason
 from singleton.core.records import Handover
 from singleton.core.runs import CatchUp, plan_catch_up_for
 from singleton.core.term import JobVerdict, job_deadline, job_verdict
-from singleton.core.ticker import CLAIM_AHEAD_S, SlotPlan, Verdict, check_due, first_schedule_plan, next_schedule_plan
+from singleton.core.ticker import CLAIM_AHEAD_S, MAX_LATENESS_S, SlotPlan, Verdict, check_due, first_schedule_plan, next_schedule_plan
 from singleton.runtime.jobs import TickContext
 from singleton.runtime.pool import PoolFull
 from singleton.runtime.runs import ClaimOutcome, Prepared, claim_together
@@ -218,13 +217,13 @@ class Ticker:
     def _serve(self, ready: list[Track], mono: float, wall: float) -> StepDownReason | None:
         clock = self.clock
         claims: list[tuple[Track, float]] = []  # (track, how long its claim may take)
-        started = False
         for track in sorted(ready, key=lambda t: t.plan.wake_at if t.plan else 0.0):
             plan, chain = track.plan, track.chain
             assert plan is not None
             unclaimed = chain is not None and chain.claim_of(plan.slot) is None
             at = plan.wake_at if 0 < plan.wake_at - mono <= _EPS_S else mono
-            limit = track.max_lateness_s(plan.slot)
+            # A slot not yet due needs no lateness limit (for cron it costs a walk to the next fire time).
+            limit = track.max_lateness_s(plan.slot) if at >= plan.wake_at else MAX_LATENESS_S
             due = check_due(plan, wall, at, limit)
             if due.clock_step_s and track.step_reported is not plan:
                 track.step_reported = plan  # once per step, not on every wake-up of the same wait
@@ -252,16 +251,11 @@ class Ticker:
                 claims.append((track, limit - due.lateness_s))
                 continue
             else:
-                if started:
-                    # Let the worker just handed a run take the GIL now: holding it while starting the next runs
-                    # would keep that run's first line waiting for the interpreter's 5 ms switch interval.
-                    time.sleep(0)
                 now = clock.monotonic()
                 reason = self._draining(self._stop_reason(), now) or self.election.check(now)
                 if reason is not None:
                     return reason
                 self._start(track, plan.slot, plan.scheduled_at, due.lateness_s, wall)
-                started = True
             track.plan = next_schedule_plan(track.spec.schedule, plan.slot, clock.wall(), clock.monotonic(),
                                             track.name, track.spec.jitter_s, _handled_wall(plan, clock.wall(), clock.monotonic()))
         return self._claim_now_or_ahead(claims) if claims else None

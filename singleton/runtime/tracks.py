@@ -43,6 +43,7 @@ class Track:
     last_started_slot: int | None = None
     version: int = 0  # bumped whenever the plan changes: older heap entries are stale
     index: int = 0
+    _lateness: tuple[int, float] | None = None
 
     @property
     def name(self) -> str:
@@ -58,7 +59,10 @@ class Track:
         return "" if self.legacy else f" job={self.spec.name}"
 
     def max_lateness_s(self, slot: int) -> float:
-        return max_lateness_s(self.spec.schedule, slot)
+        """Cached per slot: for cron it walks to the next fire time, and the loop asks at the claim and at the slot."""
+        if self._lateness is None or self._lateness[0] != slot:
+            self._lateness = (slot, max_lateness_s(self.spec.schedule, slot))
+        return self._lateness[1]
 
     def full(self) -> bool:
         """As many runs in flight as its overlap policy allows."""
