@@ -36,7 +36,8 @@ def read_history(backend: Backend, config: Config, limit: int, timeout_s: float 
     return {"name": config.name, **({"job": job} if job is not None else {}), "last_claim": last_claim, "runs": runs}
 
 
-def show_history(backend: Backend, config: Config, *, as_json: bool, limit: int, job: str | None = None) -> int:
+def show_history(backend: Backend, config: Config, *, as_json: bool, limit: int,
+                 job: str | None = None) -> int:
     history = read_history(backend, config, limit, job=job)
     if as_json:
         print(json.dumps(history, indent=2))
