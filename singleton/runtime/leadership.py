@@ -91,7 +91,7 @@ class Leadership(Ticker):
                 ttl = self.backend.keep_alive_once(keeper.lease_id, cfg.renewal_deadline_s)
                 keeper.renewal_succeeded(sent_at, ttl)
                 self.stats.renewal(self.clock.monotonic() - sent_at)
-                if ttl <= 0:
+                if ttl <= 0 and not self._over.is_set():  # after our own revoke at a clean stop: expected
                     log.warning("lease %x is gone at etcd %s", keeper.lease_id, self._tag)
             except BackendError as err:
                 failures = keeper.renewal_failed()
