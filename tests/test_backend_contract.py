@@ -325,6 +325,33 @@ def test_get_prefix_returns_the_keys_under_it_in_order(backend: Backend, name: s
     backend.revoke_lease(lease, T)
 
 
+def test_claim_all_fences_every_job_and_is_all_or_nothing(backend: Backend, name: str) -> None:
+    leader = f"/c/{name}/leader"
+    token, _ = lead(backend, leader)
+    runs = [f"/c/{name}/jobs/j{i}/run" for i in range(3)]
+    first = backend.claim_all(leader, token, [(r, 0) for r in runs], {r: b"1" for r in runs}, T)
+    assert first is not None
+    found = backend.get_many([*runs, f"/c/{name}/absent"], T)
+    assert sorted(found) == sorted(runs) and all(kv.mod_revision == first for kv in found.values())
+    # One stale link refuses the whole transaction: nothing is written for the others either.
+    stale = [(runs[0], first), (runs[1], 0), (runs[2], first)]
+    assert backend.claim_all(leader, token, stale, {r: b"2" for r in runs}, T) is None
+    assert all(kv.value == b"1" for kv in backend.get_many(runs, T).values())
+    assert backend.claim_all(leader, token + 1, [(r, first) for r in runs], {r: b"3" for r in runs}, T) is None
+    second = backend.claim_all(leader, token, [(r, first) for r in runs], {r: b"4" for r in runs}, T)
+    assert second is not None and second > first
+
+
+def test_get_many_reads_more_keys_than_one_transaction_holds(backend: Backend, name: str) -> None:
+    leader = f"/c/{name}/leader"
+    token, _ = lead(backend, leader)
+    keys = [f"/c/{name}/k{i:03d}" for i in range(130)]
+    for start in range(0, 130, 65):
+        assert backend.claim_all(leader, token, [], {k: k.encode() for k in keys[start:start + 65]}, T) is not None
+    found = backend.get_many(keys, T)
+    assert len(found) == 130 and found[keys[129]].value == keys[129].encode()
+
+
 def test_a_lease_revoked_by_another_client_fences_its_holder(backend: Backend, name: str,
                                                             request: pytest.FixtureRequest) -> None:
     """Fast failover's safety: a standby revokes the lease of a leader it believes dead. Were that leader alive,

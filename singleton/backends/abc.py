@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -91,11 +91,21 @@ class Backend(ABC):
         """Every key under `prefix`, in key order."""
 
     @abstractmethod
+    def get_many(self, keys: Sequence[str], timeout_s: float) -> dict[str, KeyValue]:
+        """The keys that exist among `keys` (one consistent read per chunk of 100)."""
+
+    @abstractmethod
     def claim(self, leader_key: str, fencing_token: int, claim: Claim, puts: dict[str, bytes],
               timeout_s: float) -> int | None:
         """One transaction: while `leader_key` has create_revision == fencing_token *and* the claim key still has
         the given mod revision (0: absent), put `puts` (no lease). Returns the transaction's revision (the new
         mod revision of every key written), or None when refused."""
+
+    @abstractmethod
+    def claim_all(self, leader_key: str, fencing_token: int, claims: list[Claim], puts: dict[str, bytes],
+                  timeout_s: float) -> int | None:
+        """`claim` for several jobs at once: one transaction that puts `puts` only while `leader_key` has
+        create_revision == fencing_token *and* every claim key still has its mod revision. All or nothing."""
 
     @abstractmethod
     def guarded_put(self, leader_key: str, fencing_token: int, key: str, value: bytes, timeout_s: float,

@@ -117,7 +117,7 @@ class MemoryBackend(Backend):
             self._cond.notify_all()
 
     def _guarded(self, leader_key: str, fencing_token: int, ops: Sequence[_Op], timeout_s: float,
-                 claim: Claim | None = None) -> int | None:
+                 claim: Claim | None = None, claims: Sequence[Claim] = ()) -> int | None:
         """One transaction: `ops` only while `leader_key` still has create_revision == fencing_token (and the
         claim key its mod revision). Returns the store's revision after it, or None when refused."""
         self._enter(timeout_s)
@@ -126,9 +126,9 @@ class MemoryBackend(Backend):
             leader = self._kv.get(leader_key)
             if (leader.create_revision if leader else 0) != fencing_token:  # etcd: an absent key's is 0
                 return None
-            if claim is not None:
-                held = self._kv.get(claim[0])
-                if (held.mod_revision if held else 0) != claim[1]:
+            for key, revision in ([claim] if claim is not None else []) + list(claims):
+                held = self._kv.get(key)
+                if (held.mod_revision if held else 0) != revision:
                     return None
             self._commit_locked(ops)
             return self._revision
@@ -190,6 +190,17 @@ class MemoryBackend(Backend):
     def claim(self, leader_key: str, fencing_token: int, claim: Claim, puts: dict[str, bytes],
               timeout_s: float) -> int | None:
         return self._guarded(leader_key, fencing_token, [(k, v, 0) for k, v in puts.items()], timeout_s, claim)
+
+    def claim_all(self, leader_key: str, fencing_token: int, claims: list[Claim], puts: dict[str, bytes],
+                  timeout_s: float) -> int | None:
+        return self._guarded(leader_key, fencing_token, [(k, v, 0) for k, v in puts.items()], timeout_s,
+                             claims=claims)
+
+    def get_many(self, keys: Sequence[str], timeout_s: float) -> dict[str, KeyValue]:
+        self._enter(timeout_s)
+        with self._cond:
+            self._expire_locked()
+            return {k: self._kv[k] for k in keys if k in self._kv}
 
     def guarded_put(self, leader_key: str, fencing_token: int, key: str, value: bytes, timeout_s: float,
                     claim: Claim | None = None) -> bool:

@@ -92,6 +92,10 @@ class Config:
     catch_up: str = "skip"
     catch_up_window_s: float = 60.0
     history_size: int = 100  # runs kept in etcd (a ring: etcd never grows)
+    # Pre-started threads that run sync jobs (async jobs run on an event loop and take none). A slot due while every
+    # worker is busy is skipped and counted (pool_full), never queued. 8: a few slow jobs cannot starve the rest, and
+    # idle threads cost ~8 MB of address space each, little real memory.
+    workers: int = 8
     # Fast failover: standbys hold a TCP connection to the leader's sensing listener and revoke its lease when the
     # process is gone (runtime/sensing.py). The listener binds sense_host:sense_port (0: a free port); standbys
     # dial advertise_host ("": $POD_IP, else sense_host unless a wildcard, else this host's name resolved).
@@ -142,6 +146,16 @@ class Config:
     def history_prefix(self) -> str:
         return f"{self.prefix}/{self.name}/history/"
 
+    def job_run_key(self, job: str | None) -> str:
+        """Where a job's run record lives. `None` is the legacy job (one job registered without a name through
+        `job=` / `--job` / a bare `@app.job`): it keeps `<prefix>/<name>/run`, so a rolling upgrade reads the old
+        leader's record. Every named job: `<prefix>/<name>/jobs/<job>/run`."""
+        return self.run_key if job is None else f"{self.prefix}/{self.name}/jobs/{job}/run"
+
+    def job_history_prefix(self, job: str | None) -> str:
+        """The job's history ring (same rule as `job_run_key`)."""
+        return self.history_prefix if job is None else f"{self.prefix}/{self.name}/jobs/{job}/history/"
+
     @property
     def resign_key(self) -> str:
         return f"{self.prefix}/{self.name}/resign"
@@ -175,6 +189,8 @@ class Config:
             raise ConfigError(f"catch-up policy must be skip or coalesce (got {self.catch_up!r})")
         if not 1 <= self.history_size <= 10_000:
             raise SettingError("{history_size} must be from 1 to 10000 runs", {"history_size": self.history_size})
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or not 1 <= self.workers <= 1024:
+            raise SettingError("{workers} must be a whole number from 1 to 1024", {"workers": self.workers})
         if not 0 <= self.sense_port <= 65535:
             raise ConfigError(f"sensing port must be from 0 to 65535 (got {self.sense_port})")
         if self.job_timeout_s is not None and self.job_timeout_s <= 0:

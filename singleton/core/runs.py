@@ -9,6 +9,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from singleton.core.schedule import Cron, Interval, Schedule
+
 # A clock difference above this is reported (log and gauge) at a takeover.
 SKEW_WARNING_S = 0.5
 
@@ -24,14 +26,19 @@ class CatchUpPlan:
     missed_to: int = -1
     coalesce_from: int | None = None  # with COALESCE: the run stands in for coalesce_from .. missed_to
     beyond_window: int = 0  # missed slots older than the catch-up window (COALESCE only): counted, never run
+    # Slot counts where slot numbers are not consecutive (cron: slots are Unix seconds); None: consecutive.
+    missed_count: int | None = None
+    coalesced_count: int | None = None
 
     @property
     def missed(self) -> int:
-        return max(0, self.missed_to - self.missed_from + 1)
+        return max(0, self.missed_to - self.missed_from + 1) if self.missed_count is None else self.missed_count
 
     @property
     def coalesced(self) -> int:
-        return 0 if self.coalesce_from is None else self.missed_to - self.coalesce_from + 1
+        if self.coalesce_from is None:
+            return 0
+        return self.missed_to - self.coalesce_from + 1 if self.coalesced_count is None else self.coalesced_count
 
 
 def plan_catch_up(record_slot: int | None, first_slot: int, policy: CatchUp, window_s: float) -> CatchUpPlan:
@@ -44,6 +51,42 @@ def plan_catch_up(record_slot: int | None, first_slot: int, policy: CatchUp, win
     window_slots = max(1, int(window_s))
     coalesce_from = max(missed_from, missed_to - window_slots + 1)
     return CatchUpPlan(missed_from, missed_to, coalesce_from, coalesce_from - missed_from)
+
+
+# Counting the missed fire times of a cron schedule walks them one by one; past this many the count is a lower bound.
+CRON_CATCH_UP_LIMIT = 10_000
+
+
+def plan_catch_up_for(schedule: Schedule, record_slot: int | None, first_slot: int, policy: CatchUp,
+                      window_s: float) -> CatchUpPlan:
+    """`plan_catch_up` for any schedule: the window holds the slots whose instants lie within `window_s` of the last
+    missed one (for every second: the last int(window_s) slots, as before)."""
+    if isinstance(schedule, Interval):
+        if record_slot is None or first_slot <= record_slot + 1:
+            return CatchUpPlan()
+        missed_from, missed_to = record_slot + 1, first_slot - 1
+        if policy is CatchUp.SKIP:
+            return CatchUpPlan(missed_from, missed_to)
+        window_slots = max(1, int(window_s * 1000 // schedule.period_ms))
+        coalesce_from = max(missed_from, missed_to - window_slots + 1)
+        return CatchUpPlan(missed_from, missed_to, coalesce_from, coalesce_from - missed_from)
+    if record_slot is None:
+        return CatchUpPlan()
+    if isinstance(schedule, Cron):
+        missed = schedule.slots_between(record_slot, first_slot, CRON_CATCH_UP_LIMIT)
+    else:
+        missed = []
+        slot = schedule.slot_after(record_slot)
+        while slot < first_slot and len(missed) < CRON_CATCH_UP_LIMIT:
+            missed.append(slot)
+            slot = schedule.slot_after(slot)
+    if not missed:
+        return CatchUpPlan()
+    if policy is CatchUp.SKIP:
+        return CatchUpPlan(missed[0], missed[-1], missed_count=len(missed))
+    last_instant = schedule.instant(missed[-1])
+    inside = [s for s in missed if schedule.instant(s) > last_instant - window_s] or missed[-1:]
+    return CatchUpPlan(missed[0], missed[-1], inside[0], len(missed) - len(inside), len(missed), len(inside))
 
 
 def handover_skew_s(handover_written_at: float, local_wall_when_seen: float) -> float:

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -95,6 +97,13 @@ class Cron:
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.tz)
 
+    @cached_property
+    def _walker(self) -> tuple[croniter, threading.Lock]:
+        """One croniter per schedule, moved with set_current: building one parses the expression again (~1 ms, the
+        loop's largest cost with many cron jobs); its walking state is all reset by set_current."""
+        return (croniter(self.expression, datetime.now(tz=self.zone), second_at_beginning=True,
+                         max_years_between_matches=_CRON_SEARCH_YEARS), threading.Lock())
+
     def instant(self, slot: int) -> float:
         return float(slot)
 
@@ -103,24 +112,39 @@ class Cron:
 
     def first_after(self, wall: float) -> int:
         zone = self.zone
-        start = datetime.fromtimestamp(math.floor(wall), tz=zone)
-        it = croniter(self.expression, start, second_at_beginning=True,
-                      max_years_between_matches=_CRON_SEARCH_YEARS)
-        for _ in range(10_000):  # bounded: at most the repeats of one fall-back hour are skipped
-            fire: datetime = it.get_next(datetime)
-            if not _second_occurrence(fire, zone):
-                return int(fire.timestamp())
+        it, lock = self._walker
+        with lock:
+            it.set_current(datetime.fromtimestamp(math.floor(wall), tz=zone), force=True)
+            for _ in range(10_000):  # bounded: at most the repeats of one fall-back hour are skipped
+                fire: datetime = it.get_next(datetime)
+                if not _second_occurrence(fire, zone):
+                    return int(fire.timestamp())
         raise ConfigError(f"cron {self.expression!r}: no fire time found after {wall}")
+
+    def slots_between(self, after: int, before: int, limit: int) -> list[int]:
+        """The slots s with after < s < before, at most `limit` of them (counting what a takeover missed)."""
+        zone = self.zone
+        slots: list[int] = []
+        it, lock = self._walker
+        with lock:
+            it.set_current(datetime.fromtimestamp(after, tz=zone), force=True)
+            while len(slots) < limit:
+                fire: datetime = it.get_next(datetime)
+                if fire.timestamp() >= before:
+                    break
+                if not _second_occurrence(fire, zone):
+                    slots.append(int(fire.timestamp()))
+        return slots
 
     def last_at_or_before(self, wall: float) -> int:
         zone = self.zone
-        start = datetime.fromtimestamp(math.floor(wall) + 1, tz=zone)
-        it = croniter(self.expression, start, second_at_beginning=True, is_prev=True,
-                      max_years_between_matches=_CRON_SEARCH_YEARS)
-        for _ in range(10_000):
-            fire: datetime = it.get_prev(datetime)
-            if not _second_occurrence(fire, zone) and fire.timestamp() <= wall:
-                return int(fire.timestamp())
+        it, lock = self._walker
+        with lock:
+            it.set_current(datetime.fromtimestamp(math.floor(wall) + 1, tz=zone), force=True)
+            for _ in range(10_000):
+                fire: datetime = it.get_prev(datetime)
+                if not _second_occurrence(fire, zone) and fire.timestamp() <= wall:
+                    return int(fire.timestamp())
         raise ConfigError(f"cron {self.expression!r}: no fire time found before {wall}")
 
     def describe(self) -> str:

@@ -10,6 +10,8 @@ import enum
 import math
 from dataclasses import dataclass
 
+from singleton.core.schedule import Schedule, jitter_offset_s
+
 # A tick must start inside its own second; a slot woken later than this is skipped, never run late.
 MAX_LATENESS_S = 1.0
 # The run record's claim for a slot is made this long before the slot is due, so the job starts on time.
@@ -24,10 +26,11 @@ class SlotPlan:
     wake_at: float  # monotonic time at which the slot is due
     planned_wall: float
     planned_mono: float
+    instant: float | None = None  # the slot's wall time under its schedule (None: the slot is a Unix second)
 
     @property
     def scheduled_at(self) -> float:
-        return float(self.slot)
+        return float(self.slot) if self.instant is None else self.instant
 
 
 class Verdict(enum.Enum):
@@ -89,12 +92,51 @@ def plan_next(last_slot: int, wall_now: float, mono_now: float) -> SlotPlan:
     return SlotPlan(max(last_slot + 1, next_wall_second), mono_now + delay, wall_now, mono_now)
 
 
-def check_due(plan: SlotPlan, wall_now: float, mono_now: float) -> Due:
+def check_due(plan: SlotPlan, wall_now: float, mono_now: float, max_lateness_s: float = MAX_LATENESS_S) -> Due:
     step = (wall_now - plan.planned_wall) - (mono_now - plan.planned_mono)
     step = step if abs(step) >= CLOCK_STEP_THRESHOLD_S else 0.0
     if mono_now < plan.wake_at:
         return Due(Verdict.WAIT, wait_s=plan.wake_at - mono_now, clock_step_s=step)
     lateness = mono_now - plan.wake_at
-    if lateness >= MAX_LATENESS_S:
+    if lateness >= max_lateness_s:
         return Due(Verdict.TOO_LATE, lateness_s=lateness, clock_step_s=step)
     return Due(Verdict.RUN, lateness_s=lateness, clock_step_s=step)
+
+
+# --- any schedule (core.schedule): the same rules, with the schedule's instants instead of whole seconds -----------
+def schedule_plan(schedule: Schedule, slot: int, due_slot: int, wall_now: float, mono_now: float, job: str = "",
+                  jitter_s: float = 0.0) -> SlotPlan:
+    """Slot number `slot`, due at `due_slot`'s instant (plus the slot's jitter) by our wall clock, waited for on the
+    monotonic one. The two differ only when numbering follows a predecessor whose clock ran ahead."""
+    due = schedule.instant(due_slot) + jitter_offset_s(job, slot, jitter_s)
+    return SlotPlan(slot, mono_now + (due - wall_now), wall_now, mono_now, schedule.instant(slot))
+
+
+def first_schedule_plan(schedule: Schedule, wall_now: float, mono_now: float, handover_next: int | None,
+                        record_slot: int | None = None, job: str = "", jitter_s: float = 0.0) -> SlotPlan:
+    """`first_plan` for any schedule. `handover_next` is the first slot the predecessor did not start (from its
+    handover): if it is the slot whose instant has just passed, it runs now (late, but not missed); if it is ahead
+    of our clock (the predecessor's clock was ahead), numbering follows it and it is due at our next instant.
+    `record_slot` (the last slot claimed in the run record) only ever pushes numbering on, never the due time."""
+    nxt = schedule.first_after(wall_now)
+    slot = due_slot = nxt
+    if handover_next is not None:
+        current = schedule.last_at_or_before(wall_now)
+        if handover_next == current:
+            slot = due_slot = current
+        elif handover_next > current:
+            slot = handover_next
+    if record_slot is not None and slot <= record_slot:
+        slot = schedule.slot_after(record_slot)
+    return schedule_plan(schedule, slot, due_slot, wall_now, mono_now, job, jitter_s)
+
+
+def next_schedule_plan(schedule: Schedule, last_slot: int, wall_now: float, mono_now: float, job: str = "",
+                       jitter_s: float = 0.0, handled_wall: float | None = None) -> SlotPlan:
+    """`plan_next` for any schedule: due at our next instant, numbered never below the slot after `last_slot`.
+
+    `handled_wall`: the wall instant the handled slot was due at. The monotonic clock decides when a slot is due, so
+    the wall clock may still read a hair before that instant (float rounding, a slewing clock); the next slot is then
+    the one after it, never the same instant again."""
+    nxt = schedule.first_after(wall_now if handled_wall is None else max(wall_now, handled_wall))
+    return schedule_plan(schedule, max(schedule.slot_after(last_slot), nxt), nxt, wall_now, mono_now, job, jitter_s)

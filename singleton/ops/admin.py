@@ -69,7 +69,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if limit < 0:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "limit must be >= 0")
         try:
-            record, runs = read_runs(self._singleton.backend, self._singleton.config, limit)
+            record, runs = read_runs(self._singleton.backend, self._singleton.config, limit,
+                                     job=request.job or None)
         except SingletonError as err:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read the run record: {err}")
         return admin_pb2.ListRunsResponse(last_claim=record, runs=runs)

@@ -115,7 +115,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     config = _config(args)
     backend = EtcdBackend.from_config(config)
     try:
-        return show_history(backend, config, as_json=args.json, limit=args.limit)
+        return show_history(backend, config, as_json=args.json, limit=args.limit, job=args.job)
     finally:
         backend.close()
 
@@ -134,8 +134,8 @@ def cmd_run(args: argparse.Namespace, given: set[str]) -> int:
                          job_cancel_grace_s=args.job_cancel_grace,
                          run_record=_on_off("--run-record", args.run_record), catch_up=args.catch_up,
                          catch_up_window_s=args.catch_up_window, history_size=args.history_size,
-                         fast_failover=args.fast_failover, sense_host=args.sense_host, sense_port=args.sense_port,
-                         advertise_host=args.advertise_host, **extra)
+                         workers=args.workers, fast_failover=args.fast_failover, sense_host=args.sense_host,
+                         sense_port=args.sense_port, advertise_host=args.advertise_host, **extra)
     except SettingError as err:
         raise ConfigError(describe_setting_error(err, given)) from None
     job = load_job(args.job)  # all checked before anything touches etcd
@@ -179,7 +179,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from singleton.ops.commands import describe_runs, describe_vacancy, leader_status
 
     config = _config(args)
-    status = leader_status(config)
+    status = leader_status(config, job=args.job)
     if args.json:
         print(json.dumps(status, indent=2))
         return 0

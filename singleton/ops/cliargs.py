@@ -137,6 +137,8 @@ def _add_run(run: _Parser) -> None:
             "coalesce (one run at once for them)")
     _option(run, "--catch-up-window", type=float, default=60.0, help="coalesce only the missed slots this recent")
     _option(run, "--history-size", type=int, default=100, help="runs kept in etcd for `singleton history`")
+    _option(run, "--workers", type=int, default=8, help="pre-started threads that run sync jobs; a slot due while "
+            "all are busy is skipped and counted (pool_full), never queued")
     _switch(run, "--fast-failover", default=True, help="standbys sense the leader's death (its sensing socket "
             "closes and its port refuses) and revoke its lease: a crash costs about a second, not the lease")
     _option(run, "--sense-host", default="0.0.0.0", help="address the fast-failover sensing listener binds")
@@ -165,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--watch", action="store_true", help="follow leader changes live (an etcd watch)")
     status.add_argument("--max-events", type=int, default=0, help="with --watch: stop after this many changes "
                         "(0: never)")
+    # No SINGLETON_JOB variable here: in a replica's pod that names the callable of `run --job`.
+    status.add_argument("--job", default=None, help="the runs of this named job (default: the single job of "
+                        "`run --job`)")
 
     resign = sub.add_parser("resign", help="ask the current leader to step down gracefully")
     _add_connection(resign)
@@ -175,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection(history)
     history.add_argument("--json", action="store_true", help="machine-readable output")
     history.add_argument("--limit", type=int, default=20, help="how many runs, newest first")
+    history.add_argument("--job", default=None, help="the runs of this named job (default: the single job of "
+                         "`run --job`)")
 
     chaos = sub.add_parser("chaos", help="failover chaos scenarios with a report and a timeline picture")
     chaos.add_argument("--endpoints", default="", help="your etcd (keys go under /singleton-chaos/); "
@@ -250,7 +257,7 @@ FIELD_FLAGS = {"lease_ttl_s": "--lease-ttl", "keepalive_interval_s": "--keepaliv
                "min_remaining_ttl_s": "--min-remaining-ttl", "renewal_timeout_s": "--renewal-timeout",
                "max_failed_renewals": "--max-failed-renewals", "stop_timeout_s": "--stop-timeout",
                "job_timeout_s": "--job-timeout", "job_cancel_grace_s": "--job-cancel-grace",
-               "catch_up_window_s": "--catch-up-window", "history_size": "--history-size"}
+               "catch_up_window_s": "--catch-up-window", "history_size": "--history-size", "workers": "--workers"}
 
 
 def describe_setting_error(err: SettingError, given: set[str]) -> str:

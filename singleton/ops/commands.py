@@ -44,7 +44,7 @@ def names_under(backend: EtcdBackend, prefix: str, timeout_s: float, limit: int 
     return {kv.key.decode(errors="replace")[len(start):].split("/", 1)[0] for kv in resp.kvs}
 
 
-def leader_status(config: Config, timeout_s: float = 3.0) -> dict[str, Any]:
+def leader_status(config: Config, timeout_s: float = 3.0, job: str | None = None) -> dict[str, Any]:
     """`singleton status`: the leader key, its holder and what is left of the holder's lease at etcd. With no
     leader, whether the name has left any record under the prefix (`known_name`: None if we may not look)."""
     backend = EtcdBackend.from_config(config)
@@ -52,7 +52,7 @@ def leader_status(config: Config, timeout_s: float = 3.0) -> dict[str, Any]:
         kv, revision = backend.get(config.leader_key, timeout_s)
         status: dict[str, Any] = {"name": config.name, "key": config.leader_key, "revision": revision,
                                   "leader": None}
-        status["runs"] = runs_status(backend, config, timeout_s, leading=kv is not None)
+        status["runs"] = runs_status(backend, config, timeout_s, leading=kv is not None, job=job)
         if kv is not None:
             status["leader"] = {**describe_leader(kv),
                                 "lease_remaining_s": backend.lease_remaining_s(kv.lease_id, timeout_s)}
@@ -65,13 +65,15 @@ def leader_status(config: Config, timeout_s: float = 3.0) -> dict[str, Any]:
         backend.close()
 
 
-def runs_status(backend: EtcdBackend, config: Config, timeout_s: float, *, leading: bool) -> dict[str, Any] | None:
+def runs_status(backend: EtcdBackend, config: Config, timeout_s: float, *, leading: bool,
+                job: str | None = None) -> dict[str, Any] | None:
     """The last run (from the history) and the next slot (after the last claim, while someone leads); None when
-    the run record cannot be read or holds nothing."""
+    the run record cannot be read or holds nothing. A named job's next slot depends on its schedule, which only
+    the jobs file knows (`singleton next`): None here."""
     from singleton.ops.history import read_runs
 
     try:
-        record, runs = read_runs(backend, config, 1, timeout_s)
+        record, runs = read_runs(backend, config, 1, timeout_s, job)
     except SingletonError:
         return None
     if record is None:
@@ -81,7 +83,7 @@ def runs_status(backend: EtcdBackend, config: Config, timeout_s: float, *, leadi
             "last_run": None if last is None else {"slot": last.slot, "outcome": last.outcome,
                                                    "replica_id": last.replica_id,
                                                    "duration_s": round(last.duration_s, 6)},
-            "next_slot": record.slot + 1 if leading else None}
+            "next_slot": record.slot + 1 if leading and job is None else None}
 
 
 def describe_runs(runs: dict[str, Any]) -> str:

@@ -11,19 +11,21 @@ from singleton.core.records import decode_entry, decode_run
 from singleton.v1.run_pb2 import RunEntry, RunRecord
 
 
-def read_runs(backend: Backend, config: Config, limit: int,
-              timeout_s: float = 3.0) -> tuple[RunRecord | None, list[RunEntry]]:
-    """The last claim and up to `limit` finished runs, newest first (for the CLI and the admin API)."""
-    kv, _ = backend.get(config.run_key, timeout_s)
+def read_runs(backend: Backend, config: Config, limit: int, timeout_s: float = 3.0,
+              job: str | None = None) -> tuple[RunRecord | None, list[RunEntry]]:
+    """The last claim and up to `limit` finished runs, newest first (for the CLI and the admin API). `job`: a named
+    job's record (Config.job_run_key); None: the legacy single job's."""
+    kv, _ = backend.get(config.job_run_key(job), timeout_s)
     record = decode_run(kv.value) if kv is not None else None
-    entries = [e for e in (decode_entry(kv.value) for kv in backend.get_prefix(config.history_prefix, timeout_s))
-               if e is not None]
+    entries = [e for e in (decode_entry(kv.value) for kv in backend.get_prefix(config.job_history_prefix(job),
+                                                                              timeout_s)) if e is not None]
     entries.sort(key=lambda e: e.seq, reverse=True)
     return record, entries[:limit]
 
 
-def read_history(backend: Backend, config: Config, limit: int, timeout_s: float = 3.0) -> dict[str, Any]:
-    record, entries = read_runs(backend, config, limit, timeout_s)
+def read_history(backend: Backend, config: Config, limit: int, timeout_s: float = 3.0,
+                 job: str | None = None) -> dict[str, Any]:
+    record, entries = read_runs(backend, config, limit, timeout_s, job)
     runs = [{"seq": e.seq, "slot": e.slot, "replica_id": e.replica_id, "fencing_token": e.fencing_token,
              "started_at_unix_s": e.started_at_unix_s or None, "duration_s": round(e.duration_s, 6),
              "outcome": e.outcome, "error": e.error or None,
@@ -31,19 +33,20 @@ def read_history(backend: Backend, config: Config, limit: int, timeout_s: float 
     last_claim = None if record is None else {
         "seq": record.seq, "slot": record.slot, "replica_id": record.replica_id,
         "fencing_token": record.fencing_token, "claimed_at_unix_s": record.claimed_at_unix_s}
-    return {"name": config.name, "last_claim": last_claim, "runs": runs}
+    return {"name": config.name, **({"job": job} if job is not None else {}), "last_claim": last_claim, "runs": runs}
 
 
-def show_history(backend: Backend, config: Config, *, as_json: bool, limit: int) -> int:
-    history = read_history(backend, config, limit)
+def show_history(backend: Backend, config: Config, *, as_json: bool, limit: int,
+                 job: str | None = None) -> int:
+    history = read_history(backend, config, limit, job=job)
     if as_json:
         print(json.dumps(history, indent=2))
         return 0
     claim = history["last_claim"]
     if claim is None:
-        print(f"{config.name}: no run recorded under {config.run_key}")
+        print(f"{config.name}: no run recorded under {config.job_run_key(job)}")
         return 0
-    print(f"{config.name}: last claim slot {claim['slot']} (run #{claim['seq']}) by {claim['replica_id']}, "
+    print(f"{config.name}{'' if job is None else ' job ' + job}: last claim slot {claim['slot']} (run #{claim['seq']}) by {claim['replica_id']}, "
           f"token {claim['fencing_token']}")
     print(f"{'run':>6}  {'slot':>10}  {'started (UTC)':<23}  {'took':>8}  {'outcome':<9}  {'replica':<16}  token  error")
     for run in history["runs"]:

@@ -1,7 +1,8 @@
-"""Running the user's job off the ticker thread: one tick at a time, sync or async, cancellable.
+"""Running a job off the ticker thread: up to `max_instances` runs at a time, sync or async, cancellable.
 
-A sync job runs in a thread of its own per tick, so a slow or CPU-heavy job never delays the ticker
-or the keepalive; an async job runs on one event-loop thread kept for the purpose.
+A sync job runs on a worker of the replica's pool (runtime.pool: pre-started threads, bounded, never queued), so a
+slow or CPU-heavy job never delays the ticker or the keepalive; an async job runs on the caller's event loop when
+the replica was started from asyncio, else on one event-loop thread shared by every job of the replica.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 from singleton.backends.abc import Backend, Claim
 from singleton.core.clock import Clock, SystemClock
 from singleton.core.term import RunningJob
+from singleton.runtime.pool import WorkerPool
 from singleton.runtime.telemetry import tracer
 
 log = logging.getLogger("singleton")
@@ -27,8 +29,8 @@ class TickContext:
     """What a job gets on every tick."""
 
     fencing_token: int  # the leader key's create revision: grows with every new term
-    slot: int  # the whole Unix second this tick is for
-    scheduled_at: float  # the slot's wall time (== slot)
+    slot: int  # the slot this run is for: the Unix second for every-second and cron jobs, k for `every=E` (k * E s)
+    scheduled_at: float  # the slot's wall time by its schedule (jitter not included; lateness counts from it + jitter)
     replica_id: str
     cancel_event: threading.Event  # set when the leader steps down or stops: finish up, write nothing more
     _backend: Backend = field(repr=False)
@@ -40,6 +42,7 @@ class TickContext:
     _claim: Claim | None = field(repr=False, default=None)
     # A catch-up run (policy "coalesce"): the first and last slot it stands in for; None for an ordinary run.
     coalesced_slots: tuple[int, int] | None = None
+    job: str = ""  # the job's name
 
     @property
     def cancelled(self) -> bool:
@@ -62,7 +65,7 @@ JobFn = Callable[[TickContext], Any]
 def tick_span(ctx: TickContext) -> Any:
     return tracer.start_as_current_span("singleton.tick", record_exception=False, attributes={
         "singleton.replica_id": ctx.replica_id, "singleton.fencing_token": ctx.fencing_token,
-        "singleton.slot": ctx.slot, "singleton.lateness_s": ctx.lateness_s})
+        "singleton.slot": ctx.slot, "singleton.lateness_s": ctx.lateness_s, "singleton.job": ctx.job})
 
 
 def outcome(ctx: TickContext, error: BaseException | None) -> str:
@@ -72,6 +75,42 @@ DoneFn = Callable[[TickContext, float, BaseException | None], None]
 
 def is_async_job(job: JobFn) -> bool:
     return inspect.iscoroutinefunction(job) or inspect.iscoroutinefunction(getattr(job, "__call__", None))
+
+
+class AsyncLoop:
+    """The event loop async jobs run on: the caller's (embedded in asyncio), else one private loop thread, started
+    on first use and shared by every job of a replica."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.caller_loop = loop
+        self.own_loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> asyncio.AbstractEventLoop:
+        if self.caller_loop is not None:
+            if self.caller_loop.is_closed():
+                raise RuntimeError("the event loop the replica was started from is closed")
+            return self.caller_loop
+        with self._lock:
+            if self.own_loop is None:
+                self.own_loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(target=self.own_loop.run_forever, daemon=True,
+                                                name="singleton-async-jobs")
+                self._thread.start()
+            return self.own_loop
+
+    def close(self) -> None:
+        """Stop and close the private loop (a job still on it is abandoned: the process is ending)."""
+        with self._lock:
+            loop, thread = self.own_loop, self._thread
+            self.own_loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=1.0)
+        if not thread.is_alive():
+            loop.close()
 
 
 @dataclass
@@ -85,58 +124,83 @@ class _Tick:
 
 
 class JobRunner:
-    """One tick at a time. Sync jobs get a thread of their own per tick; async jobs run on the caller's event
-    loop when the replica was started from asyncio (`run_async`, `async with`), else on a private loop thread.
+    """One job's runs, at most `max_instances` at once. Sync runs go to `pool` (a thread of their own per run when
+    no pool is given); async runs to `async_loop` (a private one when none is given).
 
     Never lets a job's exception escape, not even SystemExit or KeyboardInterrupt: the job is the user's, the
-    replica is ours. `busy()` turns false whatever way the job ends.
+    replica is ours. `busy()` turns false whatever way the runs end.
     """
 
     def __init__(self, job: JobFn, on_done: DoneFn, clock: Clock | None = None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, *, max_instances: int = 1,
+                 pool: WorkerPool | None = None, async_loop: AsyncLoop | None = None) -> None:
         self._job, self._on_done = job, on_done
         self._clock = clock or SystemClock()
         self._async = is_async_job(job)
         self._lock = threading.Lock()
-        self._caller_loop = loop
-        self._own_loop: asyncio.AbstractEventLoop | None = None
-        self._own_loop_thread: threading.Thread | None = None
-        self._tick: _Tick | None = None
+        self._loop = async_loop or AsyncLoop(loop)
+        self._owns_loop = async_loop is None
+        self._pool = pool
+        self.max_instances = max_instances
+        self._ticks: list[_Tick] = []  # runs not yet finished (finished ones are dropped on the next start)
+
+    @property
+    def is_async(self) -> bool:
+        return self._async
+
+    @property
+    def _own_loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._loop.own_loop
+
+    def _live(self) -> list[_Tick]:
+        return [t for t in self._ticks if not t.finished.is_set()]
 
     def busy(self) -> bool:
+        """Any run of this job still going."""
         with self._lock:
-            return self._tick is not None and not self._tick.finished.is_set()
+            return any(not t.finished.is_set() for t in self._ticks)
+
+    def full(self) -> bool:
+        """As many runs going as the job allows: a slot due now is skipped (overrun)."""
+        with self._lock:
+            return len(self._live()) >= self.max_instances
 
     def running(self) -> RunningJob | None:
-        """The tick in flight, if any, for the timeout rules (core.term)."""
+        """The oldest run in flight, if any, for the timeout rules (core.term)."""
+        runs = self.running_all()
+        return runs[0] if runs else None
+
+    def running_all(self) -> list[RunningJob]:
         with self._lock:
-            tick = self._tick
-            if tick is None or tick.finished.is_set():
-                return None
-            return RunningJob(tick.ctx.slot, tick.started_at, tick.cancelled_at)
+            return [RunningJob(t.ctx.slot, t.started_at, t.cancelled_at) for t in self._live()]
 
     def start(self, ctx: TickContext) -> None:
+        """Raises PoolFull (runtime.pool) when no worker is free: the run did not start."""
         with self._lock:
-            if self._tick is not None and not self._tick.finished.is_set():
-                raise RuntimeError("a tick is already running")  # the ticker checks busy() first
+            self._ticks = self._live()
+            if len(self._ticks) >= self.max_instances:
+                raise RuntimeError("the job already runs as often as it may")  # the ticker checks full() first
             tick = _Tick(ctx, self._clock.monotonic())
             if self._async:
                 coro = self._run_async(tick)
                 try:
-                    tick.future = asyncio.run_coroutine_threadsafe(coro, self._event_loop())
+                    tick.future = asyncio.run_coroutine_threadsafe(coro, self._loop.get())
                 except BaseException:
                     coro.close()
                     raise
-                self._tick = tick
+                self._ticks.append(tick)
         if tick.future is not None:
             # A task cancelled before its first step never enters the coroutine (nor its `finally`).
             tick.future.add_done_callback(lambda _f: self._finish(tick, None))
-        else:
-            with self._lock:
+            return
+        with self._lock:
+            if self._pool is not None:
+                self._pool.submit(lambda: self._run_sync(tick))  # PoolFull: not started, not counted as running
+            else:
                 thread = threading.Thread(target=self._run_sync, args=(tick,), daemon=True,
                                           name=f"singleton-job-{ctx.slot}")
                 thread.start()  # may raise (no more threads): the ticker steps down on it
-                self._tick = tick
+            self._ticks.append(tick)
 
     async def _run_async(self, tick: _Tick) -> None:
         error: BaseException | None = None
@@ -159,7 +223,7 @@ class JobRunner:
                 try:
                     result = self._job(tick.ctx)
                     if inspect.isawaitable(result):  # a plain function that returned a coroutine
-                        asyncio.run_coroutine_threadsafe(result, self._event_loop()).result()  # type: ignore[arg-type]
+                        asyncio.run_coroutine_threadsafe(result, self._loop.get()).result()  # type: ignore[arg-type]
                 except BaseException as exc:  # noqa: BLE001 - the job's failure is reported, the ticker goes on
                     error = exc
                 span.set_attribute("singleton.outcome", outcome(tick.ctx, error))
@@ -181,42 +245,30 @@ class JobRunner:
         finally:
             tick.finished.set()
 
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        if self._caller_loop is not None:
-            if self._caller_loop.is_closed():
-                raise RuntimeError("the event loop the replica was started from is closed")
-            return self._caller_loop
-        if self._own_loop is None:
-            self._own_loop = asyncio.new_event_loop()
-            self._own_loop_thread = threading.Thread(target=self._own_loop.run_forever, daemon=True,
-                                                     name="singleton-async-jobs")
-            self._own_loop_thread.start()
-        return self._own_loop
-
-    def cancel(self) -> None:
-        """Tell the running tick to stop: its cancel event is set, an async job's task is cancelled."""
+    def cancel(self, slot: int | None = None) -> None:
+        """Tell the runs in flight (or the run of `slot`) to stop: the cancel event is set, an async task cancelled."""
         with self._lock:
-            tick = self._tick
-            if tick is None or tick.finished.is_set():
-                return
-            if tick.cancelled_at is None:
-                tick.cancelled_at = self._clock.monotonic()
-        tick.ctx.cancel_event.set()
-        if tick.future is not None:
-            tick.future.cancel()
+            ticks = [t for t in self._live() if slot is None or t.ctx.slot == slot]
+            now = self._clock.monotonic()
+            for tick in ticks:
+                if tick.cancelled_at is None:
+                    tick.cancelled_at = now
+        for tick in ticks:
+            tick.ctx.cancel_event.set()
+            if tick.future is not None:
+                tick.future.cancel()
 
     def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no run of this job is going (at most `timeout_s`)."""
+        deadline = self._clock.monotonic() + max(0.0, timeout_s)
         with self._lock:
-            tick = self._tick
-        return tick is None or tick.finished.wait(max(0.0, timeout_s))
+            ticks = list(self._ticks)
+        for tick in ticks:
+            if not tick.finished.wait(max(0.0, deadline - self._clock.monotonic())):
+                return False
+        return True
 
     def close(self) -> None:
-        """Stop and close the private loop (a job still on it is abandoned: the process is ending)."""
-        loop, thread = self._own_loop, self._own_loop_thread
-        self._own_loop = self._own_loop_thread = None
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=1.0)
-        if not thread.is_alive():
-            loop.close()
+        """Stop and close the private loop, if this runner made it."""
+        if self._owns_loop:
+            self._loop.close()

@@ -1,7 +1,7 @@
-"""One leadership term: the keepalive thread, the every-second ticker, and the step-down.
+"""One leadership term: the keepalive thread, the tick loop over every job (runtime.ticking), and the step-down.
 
-The ticker runs on the thread that won; the keepalive runs on its own thread and only records into the
-LeaseKeeper, which the ticker consults before every tick. Neither waits on the job, nor on a user callback.
+The tick loop runs on the thread that won; the keepalive runs on its own thread and only records into the
+LeaseKeeper, which the loop consults before every run. Neither waits on a job, nor on a user callback.
 What to do and in which order is decided in `core.term`; this module only carries it out.
 """
 from __future__ import annotations
@@ -18,12 +18,12 @@ from singleton.core.election import Election, Term
 from singleton.core.errors import BackendError, WatchCompacted
 from singleton.core.lease import StepDownReason
 from singleton.core.records import Handover
-from singleton.core.term import Act, JobVerdict, StepDown, job_deadline, job_verdict
-from singleton.core.runs import CatchUp, handover_skew_s, plan_catch_up, record_skew_lower_bound_s, SKEW_WARNING_S
-from singleton.core.ticker import CLAIM_AHEAD_S, MAX_LATENESS_S, SlotPlan, Verdict, check_due, first_plan, plan_next
-from singleton.runtime.jobs import JobRunner, TickContext
-from singleton.runtime.runs import ClaimOutcome, RunChain
+from singleton.core.term import Act, StepDown
+from singleton.core.runs import handover_skew_s, record_skew_lower_bound_s, SKEW_WARNING_S
+from singleton.runtime.runs import MAX_TXN_OPS, RunChain
 from singleton.runtime.telemetry import Stats
+from singleton.runtime.ticking import Ticker
+from singleton.runtime.tracks import AllJobs, Runner, Track, legacy_spec
 
 log = logging.getLogger("singleton")
 
@@ -35,24 +35,46 @@ class TermOutcome:
     job_left_running: bool = False  # a job ignored its cancel: the lease was left to run out
 
 
-class Leadership:
+class Leadership(Ticker):
+    """`jobs` + `chain`: one legacy every-second job (its policies from the Config). `tracks`: any number of jobs,
+    each with its own runner and run record; `jobs` and `chain` are then ignored."""
+
     def __init__(self, config: Config, backend: Backend, clock: Clock, election: Election, term: Term,
-                 jobs: JobRunner, stats: Stats, wake: threading.Event,
+                 jobs: Runner | None, stats: Stats, wake: threading.Event,
                  stop_reason: Callable[[], StepDownReason | None],
                  on_step_down: Callable[[StepDownReason], None] = lambda reason: None,
-                 chain: RunChain | None = None) -> None:
+                 chain: RunChain | None = None, *, tracks: list[Track] | None = None) -> None:
         self.config, self.backend, self.clock = config, backend, clock
-        self.election, self.term, self.jobs, self.stats = election, term, jobs, stats
+        self.election, self.term, self.stats = election, term, stats
+        if tracks is None:
+            assert jobs is not None
+            tracks = [Track(legacy_spec(config), jobs, chain, legacy=True)]
+        for index, track in enumerate(tracks):
+            track.index = index
+        self.tracks = tracks
+        self.jobs = AllJobs(tracks)
+        self._by_name = {t.name: t for t in tracks}
+        self._active: set[int] = set()  # tracks with runs in flight
+        self._run_deadline: float | None = None  # the next moment a run's timeout verdict can change
+        self._drain_started: float | None = None  # a graceful stop waits for an idle moment, ticking meanwhile
+        self.drained_s = 0.0
         self._wake = wake  # set by the keepalive after each renewal and by stop()/resign()
         self._stop_reason = stop_reason
         self._on_step_down = on_step_down  # posts to the listeners' thread; never blocks
         self._over = threading.Event()  # ends the keepalive and the resign watch
-        self.chain = chain  # the run record; None when it is off
-        self._claim_tried: int | None = None  # the slot an ahead-of-time claim was last tried for
         self.last_started_slot: int | None = None
         self.last_tick_wall: float | None = None
         # Heartbeats of the two loops, read by /healthz: a wedged loop stops beating.
         self.ticker_beat = self.keepalive_beat = clock.monotonic()
+
+    @property
+    def chain(self) -> RunChain | None:
+        """The legacy job's run record (the first job's, with several)."""
+        return self.tracks[0].chain if self.tracks else None
+
+    def chain_for(self, job: str) -> RunChain | None:
+        track = self._by_name.get(job)
+        return track.chain if track is not None else self.chain if len(self.tracks) == 1 else None
 
     @property
     def _tag(self) -> str:
@@ -69,7 +91,7 @@ class Leadership:
                 ttl = self.backend.keep_alive_once(keeper.lease_id, cfg.renewal_deadline_s)
                 keeper.renewal_succeeded(sent_at, ttl)
                 self.stats.renewal(self.clock.monotonic() - sent_at)
-                if ttl <= 0:
+                if ttl <= 0 and not self._over.is_set():  # after our own revoke at a clean stop: expected
                     log.warning("lease %x is gone at etcd %s", keeper.lease_id, self._tag)
             except BackendError as err:
                 failures = keeper.renewal_failed()
@@ -128,7 +150,8 @@ class Leadership:
     def measure_skew(self, handover_written_at: float | None, vacant_for_s: float | None) -> None:
         """At a takeover: how far the previous leader's clock was from ours (log and gauge)."""
         wall = self.clock.wall()
-        record = self.chain.record if self.chain else None
+        records = [t.chain.record for t in self.tracks if t.chain is not None and t.chain.record is not None]
+        record = max(records, key=lambda r: r.claimed_at_unix_s) if records else None
         if handover_written_at is not None and vacant_for_s is not None:
             skew, how = handover_skew_s(handover_written_at, wall - vacant_for_s), "measured at the handover"
         elif record is not None:
@@ -141,7 +164,7 @@ class Leadership:
                         "the run record, not our clock %s", skew, how, self._tag)
 
     def run(self, first_sent_at: float, handover_last_slot: int | None, won_revision: int,
-            request_resign: Callable[[], None]) -> TermOutcome:
+            request_resign: Callable[[], None], handover: Handover | None = None) -> TermOutcome:
         keepalive = threading.Thread(target=self._keepalive_loop, args=(first_sent_at,), daemon=True,
                                      name="singleton-keepalive")
         keepalive.start()
@@ -150,7 +173,7 @@ class Leadership:
         left_running = False
         try:
             try:
-                reason = self._tick_until_step_down(handover_last_slot)
+                reason = self._tick_until_step_down(handover_last_slot, handover)
             except Exception:  # noqa: BLE001 - the term must still end cleanly; the cause is logged
                 log.exception("the tick loop failed %s; stepping down", self._tag)
                 reason = StepDownReason.TICKER_FAILED
@@ -160,136 +183,6 @@ class Leadership:
         keepalive.join(timeout=self.config.renewal_deadline_s + 1.0)
         return TermOutcome(reason, self.last_started_slot, left_running)
 
-    def _tick_until_step_down(self, handover_last_slot: int | None) -> StepDownReason:
-        cfg, clock, keeper = self.config, self.clock, self.term.keeper
-        chain = self.chain
-        # After a handover (the very delete that woke us) the predecessor ran nothing after its last slot, even if it
-        # had claimed the next one ahead before it stopped: follow the handover. Otherwise follow the record.
-        record_slot = chain.last_slot if chain is not None and handover_last_slot is None else None
-        plan = first_plan(clock.wall(), clock.monotonic(), handover_last_slot, record_slot)
-        log.info("first slot %d %s", plan.slot, self._tag)
-        if chain is not None and handover_last_slot is None:
-            reason = self._catch_up(chain, plan.slot)
-            if reason is not None:
-                return reason
-        step_reported: SlotPlan | None = None
-        while True:
-            self._wake.clear()
-            mono, wall = clock.monotonic(), clock.wall()
-            self.ticker_beat = mono
-            # The lease check runs right before every tick, so a process that was paused past its lease
-            # (GC, SIGSTOP, VM freeze) steps down instead of ticking.
-            reason = self._stop_reason() or self.election.check(mono) or self._check_job(mono)
-            if reason is not None:
-                return reason
-            due = check_due(plan, wall, mono)
-            if due.clock_step_s and step_reported is not plan:
-                step_reported = plan  # once per step, not on every wake-up of the same wait
-                log.warning("wall clock stepped by %+.3f s %s; slots keep their order", due.clock_step_s, self._tag)
-            unclaimed = chain is not None and chain.claim_of(plan.slot) is None
-            if due.verdict is Verdict.WAIT:
-                # The claim is made ahead of the slot, so the job still starts on the whole second. Whether the
-                # previous run still goes is decided at that moment, not when the wait is planned (just after
-                # starting that run, it always does): a run still going then is claimed late, if it ends in time.
-                claim_ahead = unclaimed and self._claim_tried != plan.slot
-                if claim_ahead and due.wait_s <= CLAIM_AHEAD_S:
-                    self._claim_tried = plan.slot
-                    if not self.jobs.busy() and self._claim(plan.slot, timeout_s=due.wait_s + MAX_LATENESS_S) \
-                            is ClaimOutcome.REFUSED:
-                        return StepDownReason.CLAIM_REFUSED
-                    continue
-                # Wake for the claim or the slot, when the lease reaches its margin, or at the job's deadline.
-                wake_in = min(due.wait_s - (CLAIM_AHEAD_S if claim_ahead else 0.0),
-                              keeper.remaining_s(mono) - cfg.min_remaining_ttl_s + 0.001)
-                deadline = job_deadline(self.jobs.running(), cfg.job_timeout_s, cfg.job_cancel_grace_s)
-                if deadline is not None:
-                    wake_in = min(wake_in, deadline - mono + 0.001)
-                self._wake.wait(max(0.0, wake_in))
-                continue
-            if due.verdict is Verdict.TOO_LATE:
-                self.stats.tick("late")
-                self._not_run(plan.slot, "late")
-                log.warning("slot %d skipped: woke %.3f s late %s", plan.slot, due.lateness_s, self._tag)
-            elif self.jobs.busy():
-                self.stats.tick("skipped")
-                self._not_run(plan.slot, "overrun")
-                log.warning("slot %d skipped: the previous run is still going %s", plan.slot, self._tag)
-            elif unclaimed and chain is not None:
-                # Not claimed ahead (the job was still running then, or etcd did not answer): claim now, then
-                # the loop checks the lease and the time again before running it.
-                outcome = self._claim(plan.slot, timeout_s=MAX_LATENESS_S - due.lateness_s)
-                if outcome is ClaimOutcome.REFUSED:
-                    return StepDownReason.CLAIM_REFUSED
-                if outcome is ClaimOutcome.CLAIMED:
-                    continue
-                self.stats.tick("unclaimed")
-                self.stats.missed("unclaimed", 1)
-            else:
-                self.jobs.start(TickContext(self.term.fencing_token, plan.slot, plan.scheduled_at,
-                                            cfg.replica_id, threading.Event(), self.backend, cfg.leader_key,
-                                            cfg.call_timeout_s, lateness_s=due.lateness_s,
-                                            _claim=chain.claim_of(plan.slot) if chain else None))
-                self.last_started_slot, self.last_tick_wall = plan.slot, wall
-                self.stats.tick("run", due.lateness_s)
-            plan = plan_next(plan.slot, clock.wall(), clock.monotonic())
-
-    def _check_job(self, now: float) -> StepDownReason | None:
-        """Cancel a job past its timeout; a job that ignores the cancel for the grace period ends the term."""
-        cfg = self.config
-        running = self.jobs.running()
-        verdict = job_verdict(running, now, cfg.job_timeout_s, cfg.job_cancel_grace_s)
-        if verdict is JobVerdict.CANCEL and running is not None:
-            log.warning("slot %d ran past its timeout of %g s: cancelling it %s", running.slot, cfg.job_timeout_s,
-                        self._tag)
-            self.stats.tick("timed_out")
-            self.jobs.cancel()
-        elif verdict is JobVerdict.HUNG:
-            return StepDownReason.JOB_HUNG
-        return None
-
-    # --- the run record -------------------------------------------------------------------------------
-    def _claim(self, slot: int, coalesced_from: int = 0, timeout_s: float | None = None) -> ClaimOutcome:
-        assert self.chain is not None
-        outcome = self.chain.claim(slot, coalesced_from, timeout_s)
-        if outcome is ClaimOutcome.REFUSED:
-            log.warning("claim of slot %d refused: the term or the run record is no longer ours %s", slot, self._tag)
-        return outcome
-
-    def _not_run(self, slot: int, why: str) -> None:
-        self.stats.missed(why, 1)
-        if self.chain is not None and self.chain.claim_of(slot) is not None:
-            self.chain.not_run(slot, "skipped" if why == "overrun" else why)
-
-    def _catch_up(self, chain: RunChain, first_slot: int) -> StepDownReason | None:
-        """After a takeover that was not a handover: count (skip) or run once for (coalesce) the slots nobody
-        claimed between the record and our first slot."""
-        cfg = self.config
-        chain.unknown_outcome_of_predecessor()
-        plan = plan_catch_up(chain.last_slot, first_slot, CatchUp(cfg.catch_up), cfg.catch_up_window_s)
-        if not plan.missed:
-            return None
-        log.warning("takeover: slots %d..%d (%d) were claimed by nobody; catch-up %s %s", plan.missed_from,
-                    plan.missed_to, plan.missed, cfg.catch_up, self._tag)
-        if plan.coalesce_from is None:
-            self.stats.missed("takeover", plan.missed)
-            return None
-        self.stats.missed("beyond_window", plan.beyond_window)
-        self.stats.missed("coalesced", plan.coalesced)
-        reason = self._stop_reason() or self.election.check(self.clock.monotonic())
-        if reason is not None:
-            return reason
-        outcome = self._claim(plan.missed_to, coalesced_from=plan.coalesce_from)
-        if outcome is ClaimOutcome.REFUSED:
-            return StepDownReason.CLAIM_REFUSED
-        if outcome is ClaimOutcome.CLAIMED:
-            self.jobs.start(TickContext(self.term.fencing_token, plan.missed_to, float(plan.missed_to),
-                                        cfg.replica_id, threading.Event(), self.backend, cfg.leader_key,
-                                        cfg.call_timeout_s, _claim=chain.claim_of(plan.missed_to),
-                                        coalesced_slots=(plan.coalesce_from, plan.missed_to)))
-            self.last_started_slot, self.last_tick_wall = plan.missed_to, self.clock.wall()
-            self.stats.tick("run")
-        return None
-
     # --- stepping down -------------------------------------------------------------------------------
     def _step_down(self, reason: StepDownReason) -> bool:
         """Carry out core.term.StepDown; True when a job ignored its cancel and the lease was left to lapse."""
@@ -297,7 +190,8 @@ class Leadership:
         self.election.step_down(reason)
         self.stats.stepped_down(reason.value)
         running = self.jobs.running()
-        plan = StepDown(reason, clock.monotonic(), stop_timeout_s=cfg.stop_timeout_s,
+        # A graceful stop already let the runs in flight go on (and the other jobs tick) while it drained.
+        plan = StepDown(reason, clock.monotonic(), stop_timeout_s=max(0.0, cfg.stop_timeout_s - self.drained_s),
                         cancel_grace_s=cfg.job_cancel_grace_s,
                         job_cancelled_at=running.cancelled_at if running else None)
         log_at = logging.INFO if reason.graceful else logging.WARNING
@@ -340,14 +234,34 @@ class Leadership:
 
     def _hand_over(self) -> None:
         """Leave the handover record and delete the leader key in one transaction, so the standby that
-        sees the delete also learns which slot comes next."""
+        sees the delete also learns which slot comes next (of every job)."""
         cfg = self.config
+        legacy = next((t for t in self.tracks if t.legacy), None)
         handover = Handover(replica_id=cfg.replica_id, fencing_token=self.term.fencing_token,
-                            last_slot=self.last_started_slot or 0, written_at_unix_s=self.clock.wall())
+                            last_slot=(legacy.last_started_slot if legacy else None) or 0,
+                            written_at_unix_s=self.clock.wall())
+        for track in self.tracks:
+            if not track.legacy and track.plan is not None:
+                handover.job_next_slots[track.name] = track.plan.slot  # the first slot we did not start
         try:
-            also = self.chain.final_puts() if self.chain else {}  # the last runs' history, in the same transaction
+            also: dict[str, bytes] = {}  # the last runs' history, in the same transaction
+            for track in self.tracks:
+                if track.chain is not None:
+                    also.update(track.chain.final_puts())
+            also = self._write_overflow(also)
             if not self.backend.resign(cfg.leader_key, self.term.fencing_token, cfg.handover_key,
                                        handover.SerializeToString(), cfg.call_timeout_s, also_put=also):
                 log.warning("resign refused: the leader key is no longer ours %s", self._tag)
         except BackendError as err:
             log.warning("resign failed %s: %s", self._tag, err)
+
+    def _write_overflow(self, puts: dict[str, bytes]) -> dict[str, bytes]:
+        """History beyond what one transaction holds is written first (guarded by our token); the rest rides
+        with the handover."""
+        items = list(puts.items())
+        room = MAX_TXN_OPS - 2
+        while len(items) > room:
+            chunk, items = dict(items[:room]), items[room:]
+            self.backend.claim_all(self.config.leader_key, self.term.fencing_token, [], chunk,
+                                   self.config.call_timeout_s)
+        return dict(items)

@@ -15,11 +15,13 @@ from singleton.core.clock import Clock, SystemClock
 from singleton.core.config import Config
 from singleton.core.election import Election, Role
 from singleton.core.errors import ConfigError
+from singleton.core.jobspec import JobSpec
 from singleton.runtime.campaign import Campaigner, Won
-from singleton.runtime.jobs import JobFn, JobRunner, TickContext, outcome
-from singleton.runtime.runs import RunChain
+from singleton.runtime.jobs import JobFn, TickContext, outcome
 from singleton.runtime.sense_listener import SenseListener
 from singleton.runtime.leadership import Leadership
+from singleton.runtime.registry import JobRegistry, job_decorator
+from singleton.runtime.tracks import AllJobs
 from singleton.runtime.listeners import Listeners
 from singleton.runtime.signals import LoopSignals
 from singleton.core.lease import StepDownReason
@@ -43,21 +45,27 @@ class _AsyncWith:
 
 
 class Singleton(StatusMixin):
-    """Runs `job` once per second on exactly one replica among all that share `config.name`.
+    """Runs its jobs, each on its schedule, on exactly one replica among all that share `config.name`.
 
-    >>> s = Singleton(Config(endpoints="http://127.0.0.1:2379", name="report"), job=my_job)
+    >>> s = Singleton(Config(endpoints="http://127.0.0.1:2379", name="report"), job=my_job)  # once per second
     >>> s.run()  # blocks until SIGTERM / SIGINT / stop()
+
+    `gate_only=True`: no jobs at all; the replica campaigns, leads, renews and steps down as ever, and the caller
+    gates its own work on `is_leader` / `fencing_token` / `on_elected` / `on_stepped_down`.
     """
 
     def __init__(self, config: Config, job: JobFn | None = None, *, backend: Backend | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, gate_only: bool = False) -> None:
         self.config = config
         self.clock = clock or SystemClock()
         if backend is None:
             from singleton.backends.etcd import EtcdBackend
             backend = EtcdBackend.from_config(config)
         self.backend = backend
-        self._job = job
+        self._registry = JobRegistry(config)
+        self.gate_only = gate_only
+        if job is not None:
+            self._registry.add_legacy(job)
         self.election = Election()
         self.stats = Stats(config.replica_id)
         self._stop = threading.Event()
@@ -74,19 +82,32 @@ class Singleton(StatusMixin):
         self._status_version = 0
         self._listeners = Listeners()
         self._loop: asyncio.AbstractEventLoop | None = None  # the caller's, when started from asyncio
-        self._jobs: JobRunner | None = None
+        self._jobs: AllJobs | None = None
         self.replica_id = config.replica_id
         self._campaigner = Campaigner(config, self.backend, self.clock, self.election, self._stop, self._see_leader)
         register_gauges(self)
 
     # --- registration and listeners -----------------------------------------------------------------
-    def job(self, fn: JobFn) -> JobFn:
-        """Decorator: register the function run on every tick (one job per Singleton)."""
-        if self._job is not None:
-            raise ConfigError(f"a job is already registered ({getattr(self._job, '__qualname__', self._job)!r}); "
-                              f"one Singleton runs one job")
-        self._job = fn
-        return fn
+    def job(self, fn: JobFn | None = None, *, name: str | None = None, every: float | None = None,
+            cron: str | None = None, tz: str | None = None, jitter: float = 0.0, overlap: str = "skip",
+            max_instances: int | None = None, timeout: float | None = None, catch_up: str | None = None,
+            catch_up_window: float | None = None) -> Any:
+        """Decorator: `@app.job` runs the function every second; `@app.job(every=0.25)`,
+        `@app.job(cron="*/5 * * * * *", tz="Europe/Berlin")` and the policies (overlap "skip"/"allow" with
+        max_instances, timeout, catch_up "skip"/"coalesce" with catch_up_window, jitter) per job. The name defaults to
+        the function's qualified name; two jobs of one name raise JobSpecError (a ConfigError). Policies not given
+        come from the Config (job_timeout_s, catch_up, catch_up_window_s)."""
+        return job_decorator(self._registry, fn, name=name, every=every, cron=cron, tz=tz, jitter=jitter,
+                             overlap=overlap, max_instances=max_instances, timeout=timeout, catch_up=catch_up,
+                             catch_up_window=catch_up_window)
+
+    def add_job(self, spec: JobSpec, fn: JobFn) -> JobFn:
+        """Register a job from a validated JobSpec (core.jobspec.build_job_spec; the jobs file does this)."""
+        return self._registry.add(spec, fn)
+
+    @property
+    def job_names(self) -> list[str]:
+        return self._registry.names
 
     def on_elected(self, fn: ElectedFn) -> ElectedFn:
         self._on_elected.append(fn)
@@ -109,12 +130,17 @@ class Singleton(StatusMixin):
     def run(self, *, handle_signals: bool = True) -> None:
         """Block until stopped. In the main thread, SIGTERM and SIGINT stop it gracefully; the previous
         handlers are back when it returns."""
-        if self._job is None:
-            raise TypeError("no job registered: pass job= or decorate a function with @singleton.job")
+        if self.gate_only and len(self._registry):
+            raise ConfigError("gate_only=True runs no jobs: register none, or drop gate_only")
+        if not len(self._registry) and not self.gate_only:
+            raise TypeError("no job registered: pass job= or decorate a function with @singleton.job "
+                            "(or gate_only=True to lead without jobs)")
         listener = self._listen_for_sensing()
         restore = self._install_signal_handlers() if handle_signals and \
             threading.current_thread() is threading.main_thread() else {}
-        jobs = self._jobs = JobRunner(self._job, self._job_done, self.clock, loop=self._loop)
+        for name in ([] if self._registry.legacy else self._registry.names):
+            self.stats.register_job(name)
+        jobs = self._jobs = self._registry.start(self._job_done, self.clock, self._loop)
         self._runner_thread = threading.current_thread()
         log.info("replica %s starting for %s on %s", self.config.replica_id, self.config.leader_key,
                  ",".join(map(str, self.config.endpoints)))
@@ -133,7 +159,7 @@ class Singleton(StatusMixin):
             # The step-down already waited for the tick in flight (bounded): no second wait here.
             self._listeners.drain(self.config.stop_timeout_s)
             self._listeners.close()
-            jobs.close()
+            self._registry.close()
             if listener is not None:
                 listener.close()  # after the handover: only now may the standbys see our sockets close
             self.backend.close()
@@ -156,7 +182,7 @@ class Singleton(StatusMixin):
         log.info("fast failover: standbys sense this replica's death at %s", listener.address)
         return listener
 
-    def _wait_for_job_to_end(self, jobs: JobRunner) -> bool:
+    def _wait_for_job_to_end(self, jobs: AllJobs) -> bool:
         """A job that ignored its cancel still runs: do not stand for election beside it. False if stopped."""
         running = jobs.running()
         if running is None:
@@ -265,21 +291,21 @@ class Singleton(StatusMixin):
         return {signum: signal.signal(signum, handler) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     # --- leading ---------------------------------------------------------------------------------------
-    def _lead(self, won: Won, jobs: JobRunner) -> None:
+    def _lead(self, won: Won, jobs: AllJobs) -> None:
         cfg, term = self.config, won.term
         self._resign.clear()
         self.stats.won(won.vacant_for_s)
         log.info("elected leader of %s replica=%s token=%d", cfg.leader_key, cfg.replica_id, term.fencing_token)
-        chain = RunChain(cfg, self.backend, self.clock, term.fencing_token, won.result.extra.get(cfg.run_key)) \
-            if cfg.run_record else None
-        leadership = Leadership(cfg, self.backend, self.clock, self.election, term, jobs, self.stats, self._wake,
-                                self._requested_step_down, self._stepping_down, chain)
+        tracks = self._registry.tracks(self.backend, self.clock, term.fencing_token, won.result.extra.get(cfg.run_key))
+        leadership = Leadership(cfg, self.backend, self.clock, self.election, term, None, self.stats, self._wake,
+                                self._requested_step_down, self._stepping_down, tracks=tracks)
         leadership.measure_skew(won.handover.written_at_unix_s if won.handover else None, won.vacant_for_s)
         self._leadership = leadership
         self._changed()
         self._listeners.post(self._on_elected, term.fencing_token)  # never waits: the keepalive starts now
         try:
-            outcome = leadership.run(won.sent_at, won.handover_last_slot, won.result.revision, self.resign)
+            outcome = leadership.run(won.sent_at, won.handover_last_slot, won.result.revision, self.resign,
+                                     won.handover)
         finally:
             if leadership.last_started_slot:
                 self._last_tick = (leadership.last_started_slot, leadership.last_tick_wall or 0.0)
@@ -308,12 +334,15 @@ class Singleton(StatusMixin):
         return None
 
     def _job_done(self, ctx: TickContext, duration_s: float, error: BaseException | None) -> None:
-        self.stats.job_done(duration_s, failed=error is not None)
+        self.stats.job_done(duration_s, failed=error is not None, job=None if self._registry.legacy else ctx.job)
         leadership = self._leadership
-        if leadership is not None and leadership.chain is not None:  # its outcome goes into the next claim
-            leadership.chain.finished(ctx.slot, ctx.scheduled_at + ctx.lateness_s, duration_s, outcome(ctx, error),
+        chain = leadership.chain_for(ctx.job) if leadership is not None else None
+        if chain is not None:  # its outcome goes into the next claim
+            chain.finished(ctx.slot, ctx.scheduled_at + ctx.lateness_s, duration_s, outcome(ctx, error),
                                       "" if error is None else f"{type(error).__name__}: {error}",
                                       ctx.coalesced_slots[0] if ctx.coalesced_slots else 0)
+        if self._stop.is_set() or self._resign.is_set():
+            self._wake.set()  # a draining leader hands over at the first idle moment
         if error is not None:
-            log.error("job failed in slot %d replica=%s token=%d", ctx.slot, ctx.replica_id, ctx.fencing_token,
-                      exc_info=error)
+            log.error("job %sfailed in slot %d replica=%s token=%d", "" if self._registry.legacy else f"{ctx.job} ",
+                      ctx.slot, ctx.replica_id, ctx.fencing_token, exc_info=error)

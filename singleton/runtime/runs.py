@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from singleton.backends.abc import Backend, Claim, KeyValue
 from singleton.core.clock import Clock
@@ -27,12 +29,27 @@ class ClaimOutcome(enum.Enum):
     FAILED = "failed"  # no answer (timeout, unreachable): the slot is not run; we re-read before the next claim
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One job's part of a claim transaction."""
+
+    chain: RunChain
+    slot: int
+    claim: Claim  # the run key and the mod revision it must still have
+    puts: dict[str, bytes]  # the new record and the finished runs' history
+    record: RunRecord
+    pending: int  # how many history entries ride along
+
+
 class RunChain:
     """Thread-safe where it must be: the ticker claims, the job threads report finished runs."""
 
     def __init__(self, config: Config, backend: Backend, clock: Clock, fencing_token: int,
-                 record: KeyValue | None) -> None:
+                 record: KeyValue | None, job: str | None = None) -> None:
+        """`job`: the job's name for its own keys (config.job_run_key); None for the legacy single job."""
         self.config, self.backend, self.clock, self.token = config, backend, clock, fencing_token
+        self.job = job
+        self.run_key, self.history_prefix = config.job_run_key(job), config.job_history_prefix(job)
         self._lock = threading.Lock()
         self.revision = record.mod_revision if record is not None else 0
         self.record = decode_run(record.value) if record is not None else None
@@ -42,6 +59,12 @@ class RunChain:
         self.claimed: tuple[int, int, int] | None = None  # (slot, claim revision, seq) of our latest claim
         self._seqs: dict[int, int] = {}  # slot -> seq of our recent claims (a run may report after the next claim)
 
+    def load(self, record: KeyValue | None) -> None:
+        """The record as read at the start of the term (named jobs: read together, after the campaign)."""
+        self.revision = record.mod_revision if record is not None else 0
+        self.record = decode_run(record.value) if record is not None else None
+        self._seq = self.record.seq if self.record else 0
+
     @property
     def last_slot(self) -> int | None:
         """The last slot anyone claimed, as the record says."""
@@ -50,7 +73,7 @@ class RunChain:
     def claim_of(self, slot: int) -> Claim | None:
         """What a run of `slot` fences its writes with: the run key at the revision of its claim."""
         claimed = self.claimed
-        return (self.config.run_key, claimed[1]) if claimed and claimed[0] == slot else None
+        return (self.run_key, claimed[1]) if claimed and claimed[0] == slot else None
 
     def seq_of(self, slot: int) -> int:
         with self._lock:
@@ -72,36 +95,58 @@ class RunChain:
     def claim(self, slot: int, coalesced_from: int = 0, timeout_s: float | None = None) -> ClaimOutcome:
         """`timeout_s`: how long the claim may take (default the call timeout); a claim that cannot finish
         within its slot's own second is of no use, so the ticker passes what is left of it."""
+        timeout_s = self._timeout(timeout_s)
+        prepared = self.prepare(slot, coalesced_from, timeout_s)
+        if isinstance(prepared, ClaimOutcome):
+            return prepared
+        try:
+            revision = self.backend.claim(self.config.leader_key, self.token, prepared.claim, prepared.puts,
+                                          timeout_s)
+        except BackendError as err:
+            self.unanswered(slot, err)
+            return ClaimOutcome.FAILED
+        return self.answered(prepared, revision)
+
+    def _timeout(self, timeout_s: float | None) -> float:
         cfg = self.config
-        timeout_s = cfg.call_timeout_s if timeout_s is None else max(0.05, min(timeout_s, cfg.call_timeout_s))
-        if self._unsure and not self._reread(timeout_s):
+        return cfg.call_timeout_s if timeout_s is None else max(0.05, min(timeout_s, cfg.call_timeout_s))
+
+    def prepare(self, slot: int, coalesced_from: int = 0, timeout_s: float | None = None) -> Prepared | ClaimOutcome:
+        """What the claim of `slot` compares and writes; an outcome instead when no transaction is needed (or
+        possible: an unanswered earlier claim could not be settled)."""
+        if self._unsure and not self._reread(self._timeout(timeout_s)):
             return ClaimOutcome.FAILED
         if self.claimed and self.claimed[0] == slot:
             return ClaimOutcome.CLAIMED  # the unanswered claim had been applied after all
         seq = self._seq + 1
-        record = RunRecord(seq=seq, slot=slot, fencing_token=self.token, replica_id=cfg.replica_id,
+        record = RunRecord(seq=seq, slot=slot, fencing_token=self.token, replica_id=self.config.replica_id,
                            claimed_at_unix_s=self.clock.wall(), coalesced_from=coalesced_from)
         with self._lock:
             pending = list(self._pending)
-        puts = {cfg.run_key: record.SerializeToString(), **self._history_puts(pending)}
-        try:
-            revision = self.backend.claim(cfg.leader_key, self.token, (cfg.run_key, self.revision), puts, timeout_s)
-        except BackendError as err:
-            self._unsure = True
-            log.warning("could not claim slot %d (not running it): %s", slot, err)
-            return ClaimOutcome.FAILED
+        puts = {self.run_key: record.SerializeToString(), **self._history_puts(pending)}
+        return Prepared(self, slot, (self.run_key, self.revision), puts, record, len(pending))
+
+    def unanswered(self, slot: int, err: BackendError) -> None:
+        self._unsure = True
+        log.warning("could not claim slot %d%s (not running it): %s", slot, self._of_job, err)
+
+    @property
+    def _of_job(self) -> str:
+        return "" if self.job is None else f" of job {self.job}"
+
+    def answered(self, prepared: Prepared, revision: int | None) -> ClaimOutcome:
         if revision is None:
             return ClaimOutcome.REFUSED
         with self._lock:
-            del self._pending[:len(pending)]
-        self.revision, self.record, self._seq = revision, record, seq
-        self._claimed(slot, revision, seq)
+            del self._pending[:prepared.pending]
+        self.revision, self.record, self._seq = revision, prepared.record, prepared.record.seq
+        self._claimed(prepared.slot, revision, prepared.record.seq)
         return ClaimOutcome.CLAIMED
 
     def _reread(self, timeout_s: float) -> bool:
         """After an unanswered claim: read the record; if our claim was applied, adopt it."""
         try:
-            kv, _ = self.backend.get(self.config.run_key, timeout_s)
+            kv, _ = self.backend.get(self.run_key, timeout_s)
         except BackendError:
             return False
         record = decode_run(kv.value) if kv is not None else None
@@ -131,10 +176,50 @@ class RunChain:
 
     def _history_puts(self, entries: list[RunEntry]) -> dict[str, bytes]:
         size = self.config.history_size
-        return {f"{self.config.history_prefix}{history_index(e.seq, size)}": e.SerializeToString() for e in entries}
+        return {f"{self.history_prefix}{history_index(e.seq, size)}": e.SerializeToString() for e in entries}
 
     def final_puts(self) -> dict[str, bytes]:
         """The history not yet written, for the handover transaction."""
         with self._lock:
             pending, self._pending = list(self._pending), []
         return self._history_puts(pending)
+
+
+# etcd refuses a transaction with more than 128 compares or 128 operations (--max-txn-ops); stay below it.
+MAX_TXN_OPS = 120
+
+
+def claim_together(backend: Backend, leader_key: str, token: int, prepared: Sequence[Prepared],
+                   timeout_s: float) -> list[ClaimOutcome]:
+    """Claim several jobs' slots in as few transactions as etcd allows: each compares the leader key's create
+    revision and every included run key's mod revision, so each job's claim is exactly as fenced as alone. A
+    refused transaction refuses all of its claims (the term is over, or a record moved: either way we step down)."""
+    outcomes: list[ClaimOutcome] = []
+    batch: list[Prepared] = []
+    ops = 0
+
+    def flush() -> None:
+        if not batch:
+            return
+        puts = {k: v for p in batch for k, v in p.puts.items()}
+        try:
+            if len(batch) == 1:
+                revision = backend.claim(leader_key, token, batch[0].claim, puts, timeout_s)
+            else:
+                revision = backend.claim_all(leader_key, token, [p.claim for p in batch], puts, timeout_s)
+        except BackendError as err:
+            for p in batch:
+                p.chain.unanswered(p.slot, err)
+            outcomes.extend(ClaimOutcome.FAILED for _ in batch)
+        else:
+            outcomes.extend(p.chain.answered(p, revision) for p in batch)
+        batch.clear()
+
+    for p in prepared:
+        if batch and (len(batch) + 2 > MAX_TXN_OPS or ops + len(p.puts) > MAX_TXN_OPS):
+            flush()
+            ops = 0
+        batch.append(p)
+        ops += len(p.puts)
+    flush()
+    return outcomes

@@ -16,7 +16,8 @@ from singleton.runtime.telemetry import GaugeSource, Stats
 
 if TYPE_CHECKING:
     from singleton.backends.abc import Backend
-    from singleton.runtime.jobs import JobRunner
+    from singleton.runtime.registry import JobRegistry
+    from singleton.runtime.tracks import AllJobs
     from singleton.runtime.leadership import Leadership
 
 
@@ -40,7 +41,8 @@ class StatusMixin(GaugeSource):
     stats: Stats
     backend: Backend
     _leadership: Leadership | None
-    _jobs: JobRunner | None
+    _jobs: AllJobs | None
+    _registry: JobRegistry
     _leader_seen: tuple[str, int]
     _last_tick: tuple[int, float]
     _runner_thread: threading.Thread | None
@@ -97,10 +99,11 @@ class StatusMixin(GaugeSource):
                 "fencing_token": float(term.fencing_token) if leading and term else 0.0,
                 "lease_remaining": max(0.0, term.keeper.remaining_s(self.clock.monotonic())) if leading and term
                 else 0.0,
-                "clock_skew": self.stats.clock_skew_s, "job_overdue": self._job_overdue_s()}
+                "clock_skew": self.stats.clock_skew_s, "job_overdue": self._job_overdue_s(),
+                "workers_busy": float(pool.busy) if (pool := self._registry.pool) is not None else 0.0}
 
     def _job_overdue_s(self) -> float:
-        running = self._jobs.running() if self._jobs is not None else None
+        running = self._jobs.hung_candidate() if self._jobs is not None else None
         if running is None or running.cancelled_at is None:
             return 0.0
         return max(0.0, self.clock.monotonic() - running.cancelled_at)
@@ -112,7 +115,7 @@ class StatusMixin(GaugeSource):
         if thread is None or not thread.is_alive():
             problems.append("the replica loop is not running")
         now, cfg = self.clock.monotonic(), self.config
-        running = self._jobs.running() if self._jobs is not None else None
+        running = self._jobs.hung_candidate() if self._jobs is not None else None
         if running is not None and running.cancelled_at is not None \
                 and now - running.cancelled_at >= cfg.job_cancel_grace_s:
             problems.append(f"the tick of slot {running.slot} still runs {now - running.cancelled_at:.1f} s after it "

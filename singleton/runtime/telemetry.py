@@ -35,7 +35,7 @@ _takeover_time = meter.create_histogram("singleton.takeover_time", unit="s",
                                         description="How long the leader key was vacant before this replica won")
 
 TICK_OUTCOMES = ("run", "ok", "failed", "skipped", "late", "timed_out")
-MISSED_REASONS = ("takeover", "coalesced", "beyond_window", "overrun", "late", "unclaimed")
+MISSED_REASONS = ("takeover", "coalesced", "beyond_window", "overrun", "late", "unclaimed", "pool_full")
 
 # Live gauges read each replica's state through a callback; replicas register themselves here.
 _gauge_sources: weakref.WeakSet[GaugeSource] = weakref.WeakSet()
@@ -44,7 +44,8 @@ _gauge_sources: weakref.WeakSet[GaugeSource] = weakref.WeakSet()
 class GaugeSource:
     replica_id: str
 
-    def gauge_values(self) -> dict[str, float]:  # is_leader, fencing_token, lease_remaining, clock_skew, job_overdue
+    def gauge_values(self) -> dict[str, float]:  # is_leader, fencing_token, lease_remaining, clock_skew, job_overdue,
+        # workers_busy
         raise NotImplementedError
 
 
@@ -60,6 +61,8 @@ meter.create_observable_gauge("singleton.fencing_token", [_observe("fencing_toke
                               description="The current term's fencing token (0 when not leading)")
 meter.create_observable_gauge("singleton.clock_skew", [_observe("clock_skew")], unit="s",
                               description="The last leader's wall clock minus ours, as measured at our last takeover")
+meter.create_observable_gauge("singleton.workers_busy", [_observe("workers_busy")],
+                              description="Workers of the pool running a sync job now; a hung job keeps its worker")
 meter.create_observable_gauge("singleton.job_overdue", [_observe("job_overdue")], unit="s",
                               description="How long the running tick has gone on since it was told to cancel (past "
                                           "its --job-timeout, or at a step-down); 0 when none is")
@@ -81,6 +84,10 @@ class Stats:
     step_downs: Counter[str] = field(default_factory=Counter)
     ticks: Counter[str] = field(default_factory=Counter)
     missed_slots: Counter[str] = field(default_factory=Counter)
+    # Per named job: (job, outcome) and (job, reason). The legacy single job counts only in the totals above, and its
+    # series carry no job_name label, exactly as before several jobs existed.
+    job_ticks: Counter[tuple[str, str]] = field(default_factory=Counter)
+    job_missed: Counter[tuple[str, str]] = field(default_factory=Counter)
     clock_skew_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -98,8 +105,16 @@ class Stats:
         for missed in MISSED_REASONS:
             _missed_slots.add(0, self._attrs(reason=missed))
 
-    def _attrs(self, **extra: str) -> dict[str, str]:
-        return {"replica_id": self.replica_id, **extra}
+    def _attrs(self, job: str | None = None, **extra: str) -> dict[str, str]:
+        # `job_name`, not `job`: Prometheus's own target label `job` would rename ours to `exported_job`.
+        return {"replica_id": self.replica_id, **({"job_name": job} if job is not None else {}), **extra}
+
+    def register_job(self, job: str) -> None:
+        """A named job's counters exist at 0 from the start, as the replica's do."""
+        for outcome in TICK_OUTCOMES:
+            _ticks.add(0, self._attrs(job, outcome=outcome))
+        for reason in MISSED_REASONS:
+            _missed_slots.add(0, self._attrs(job, reason=reason))
 
     def won(self, vacant_for_s: float | None) -> None:
         with self._lock:
@@ -122,26 +137,30 @@ class Stats:
         else:
             _renewal_latency.record(latency_s, self._attrs())
 
-    def tick(self, outcome: str, lateness_s: float | None = None) -> None:
+    def tick(self, outcome: str, lateness_s: float | None = None, job: str | None = None) -> None:
         with self._lock:
             self.ticks[outcome] += 1
-        _ticks.add(1, self._attrs(outcome=outcome))
+            if job is not None:
+                self.job_ticks[job, outcome] += 1
+        _ticks.add(1, self._attrs(job, outcome=outcome))
         if lateness_s is not None:
-            _tick_lateness.record(lateness_s, self._attrs())
+            _tick_lateness.record(lateness_s, self._attrs(job))
 
-    def missed(self, reason: str, count: int) -> None:
+    def missed(self, reason: str, count: int, job: str | None = None) -> None:
         if count <= 0:
             return
         with self._lock:
             self.missed_slots[reason] += count
-        _missed_slots.add(count, self._attrs(reason=reason))
+            if job is not None:
+                self.job_missed[job, reason] += count
+        _missed_slots.add(count, self._attrs(job, reason=reason))
 
     def skew(self, seconds: float) -> None:
         self.clock_skew_s = seconds
 
-    def job_done(self, duration_s: float, failed: bool) -> None:
-        self.tick("failed" if failed else "ok")
-        _job_duration.record(duration_s, self._attrs())
+    def job_done(self, duration_s: float, failed: bool, job: str | None = None) -> None:
+        self.tick("failed" if failed else "ok", job=job)
+        _job_duration.record(duration_s, self._attrs(job))
 
     def counters(self) -> dict[str, int]:
         with self._lock:

@@ -24,16 +24,20 @@ class ListRunsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LIMIT_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
     limit: _builtins.int
     """How many runs at most; 0 means 20."""
+    job: _builtins.str
+    """A named job's runs (`<prefix>/<name>/jobs/<job>/`); empty: the single job of `run --job`."""
     def __init__(
         self,
         *,
         limit: _builtins.int = ...,
+        job: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job", "limit", b"limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

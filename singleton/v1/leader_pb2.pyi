@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -70,15 +72,43 @@ class Handover(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class JobNextSlotsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     REPLICA_ID_FIELD_NUMBER: _builtins.int
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     LAST_SLOT_FIELD_NUMBER: _builtins.int
     WRITTEN_AT_UNIX_S_FIELD_NUMBER: _builtins.int
+    JOB_NEXT_SLOTS_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     fencing_token: _builtins.int
     last_slot: _builtins.int
     """The last slot (whole Unix second) the leader ran or started; 0 when it ran none."""
     written_at_unix_s: _builtins.float
+    @_builtins.property
+    def job_next_slots(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Named jobs (several jobs under one leader): for each job, the first slot this leader did not start, so
+        the successor takes exactly that one (a job missing here follows its run record). The legacy single job
+        uses last_slot above, as before.
+        """
+
     def __init__(
         self,
         *,
@@ -86,10 +116,11 @@ class Handover(_message.Message):
         fencing_token: _builtins.int = ...,
         last_slot: _builtins.int = ...,
         written_at_unix_s: _builtins.float = ...,
+        job_next_slots: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fencing_token", b"fencing_token", "last_slot", b"last_slot", "replica_id", b"replica_id", "written_at_unix_s", b"written_at_unix_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fencing_token", b"fencing_token", "job_next_slots", b"job_next_slots", "last_slot", b"last_slot", "replica_id", b"replica_id", "written_at_unix_s", b"written_at_unix_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

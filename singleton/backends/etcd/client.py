@@ -202,13 +202,13 @@ class EtcdBackend(Backend):
                           create_revision=fencing_token)
 
     def _guarded(self, what: str, leader_key: str, fencing_token: int, ops: list[Any], timeout_s: float,
-                 claim: Claim | None = None) -> int | None:
+                 claim: Claim | None = None, claims: Sequence[Claim] = ()) -> int | None:
         """One transaction: `ops` only while `leader_key` still has create_revision == fencing_token (and the
         claim key its mod revision; an absent key's is 0). Returns the revision after it, or None when refused."""
         compare = [self._created_as(leader_key, fencing_token)]
-        if claim is not None:
-            compare.append(pb.Compare(key=claim[0].encode(), target=pb.Compare.MOD, result=pb.Compare.EQUAL,
-                                      mod_revision=claim[1]))
+        for key, revision in ([claim] if claim is not None else []) + list(claims):
+            compare.append(pb.Compare(key=key.encode(), target=pb.Compare.MOD, result=pb.Compare.EQUAL,
+                                      mod_revision=revision))
         resp = self._txn(what, pb.TxnRequest(compare=compare, success=ops), timeout_s)
         return int(resp.header.revision) if resp.succeeded else None
 
@@ -245,6 +245,26 @@ class EtcdBackend(Backend):
               timeout_s: float) -> int | None:
         ops = [self._put(k, v) for k, v in puts.items()]
         return self._guarded(f"claim {claim[0]}", leader_key, fencing_token, ops, timeout_s, claim)
+
+    def claim_all(self, leader_key: str, fencing_token: int, claims: list[Claim], puts: dict[str, bytes],
+                  timeout_s: float) -> int | None:
+        ops = [self._put(k, v) for k, v in puts.items()]
+        return self._guarded(f"claim {len(claims)} runs", leader_key, fencing_token, ops, timeout_s, claims=claims)
+
+    def get_many(self, keys: Sequence[str], timeout_s: float) -> dict[str, KeyValue]:
+        """Several keys read in one transaction each of at most 100 (etcd allows 128 operations per transaction);
+        all within one deadline."""
+        deadline = time.monotonic() + timeout_s
+        found: dict[str, KeyValue] = {}
+        for start in range(0, len(keys), 100):
+            chunk = keys[start:start + 100]
+            reads = [pb.RequestOp(request_range=pb.RangeRequest(key=k.encode())) for k in chunk]
+            resp = self._txn(f"get {len(chunk)} keys", pb.TxnRequest(success=reads), _left(deadline, "get keys"))
+            for r in resp.responses:
+                for kv in r.response_range.kvs:
+                    value = kv_of(kv)
+                    found[value.key] = value
+        return found
 
     def guarded_put(self, leader_key: str, fencing_token: int, key: str, value: bytes, timeout_s: float,
                     claim: Claim | None = None) -> bool:
