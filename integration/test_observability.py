@@ -69,7 +69,7 @@ def pair(etcd: EtcdCluster, tmp_path: Path, name: str) -> Iterator[Pair]:
         rs.wait_ticks(1, 15, replica="a")
         rs.start("b", extra_args=["--http-port", str(ports["b"][0]), "--admin-address", str(ports["b"][1])])
         p = Pair(rs, ports)
-        wait_for(lambda: get(f"http://127.0.0.1:{ports['b'][0]}/readyz")[0] == 200, 10, "b ready")
+        wait_for(lambda: get(f"http://127.0.0.1:{ports['b'][0]}/readyz")[0] == 200, 45, "b ready")  # a process start: slow on a busy machine
         yield p
     finally:
         rs.stop_all()

@@ -52,6 +52,8 @@ def test_a_hung_job_is_cancelled_then_its_replica_steps_down_holding_its_lease_a
             assert leader_key_holder(backend, app) is not None
             problems = app.health()
             assert problems and "still runs" in problems[0] and "hung" in problems[0]
+            overdue = app.gauge_values()["job_overdue"]  # singleton_job_overdue_seconds: SingletonJobStuck's
+            assert overdue >= 0.5  # the grace had passed at the step-down
             wait_for(lambda: leader_key_holder(backend, app) is None, 5, "the lease to run out")
             # A vacant key, and still it does not stand beside its running job.
             assert app.stats.elections_won == 1 and app.role is Role.FOLLOWER
@@ -59,6 +61,7 @@ def test_a_hung_job_is_cancelled_then_its_replica_steps_down_holding_its_lease_a
             release.set()
             wait_for(lambda: app.is_leader, 10, "leading again once the job ended")
             assert app.health() == []
+            assert app.gauge_values()["job_overdue"] == 0.0
     finally:
         release.set()
 

@@ -11,7 +11,7 @@ import urllib.request
 from singleton.core.lease import StepDownReason
 from singleton.core.timings import FAST
 from singleton.dev.embedded import EtcdCluster, free_port
-from singleton.runtime.telemetry import TICK_OUTCOMES
+from singleton.runtime.telemetry import MISSED_REASONS, TICK_OUTCOMES
 from singleton.testing.recorder import wait_for
 
 
@@ -49,3 +49,7 @@ def test_a_fresh_replica_serves_zeroed_counters_and_no_scope_labels(etcd: EtcdCl
     for outcome in TICK_OUTCOMES:
         assert f'singleton_ticks_total{{outcome="{outcome}",replica_id="m1"}}' in found, outcome
     assert found['singleton_ticks_total{outcome="failed",replica_id="m1"}'] == 0
+    for reason in MISSED_REASONS:  # the missed-slot alert's increase() needs the 0 before a takeover's count
+        assert found[f'singleton_missed_slots_total{{reason="{reason}",replica_id="m1"}}'] == 0, reason
+    assert found['singleton_job_overdue_seconds{replica_id="m1"}'] == 0
+    assert found['singleton_clock_skew_seconds{replica_id="m1"}'] == 0

@@ -5,22 +5,48 @@ import logging
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
-from singleton.core.config import parse_endpoints
+from singleton.core.config import Config, parse_endpoints
 from singleton.core.errors import ConfigError
-from singleton.chaos.harness import Harness
+from singleton.core.security import load_credentials
+from singleton.chaos.harness import EtcdAccess, Harness
 from singleton.dev.embedded import etcd_binary
 from singleton.core.timings import DEFAULT, FAST
 from singleton.chaos.report import NO_PICTURE, write_report, write_timeline
 from singleton.chaos.scenarios import run_all, select
 
 
+def chaos_access(args: Any) -> EtcdAccess:
+    """`singleton chaos`'s TLS and auth options, read and checked as `singleton run` checks them."""
+    credentials = load_credentials(args.cacert, args.cert, args.key, args.user, args.password_file)
+    if credentials is not None and credentials.tls and args.endpoints and \
+            not all(e.secure for e in parse_endpoints(args.endpoints)):
+        raise ConfigError("TLS options were given but an endpoint is http://: use https:// endpoints")
+    return EtcdAccess(credentials, args.cacert, args.cert, args.key, args.user, args.password_file)
+
+
 def run_chaos(*, endpoints: str, replicas: int, scenarios: str, rounds: int, out: str, fast: bool,
-              members: int, broken: bool = False) -> int:
+              members: int, broken: bool = False, job: str = "", access: EtcdAccess | None = None) -> int:
+    """`job`: the user's `module:callable`, run by the replicas and judged from etcd's run record alone."""
     try:
-        names = select(scenarios)
+        names = select(scenarios, user_job=bool(job))
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if job:
+        from singleton.ops.cli import load_job
+
+        load_job(job)  # a job that does not import is one line now, not N replicas failing to start
+    if access is not None and access.run_args() and not endpoints:
+        raise ConfigError("TLS and auth options need --endpoints (the embedded etcd has neither)")
+    if access is not None and access.run_args():
+        # A refused certificate or password: one line now, not N replicas exiting and a scenario timing out.
+        from singleton.chaos.harness import PREFIX
+        from singleton.ops.cli import preflight
+
+        preflight(Config(endpoints=parse_endpoints(endpoints), name="preflight", prefix=PREFIX, cacert=access.cacert or None,
+                         cert=access.cert or None, key=access.key or None, user=access.user or None,
+                         password_file=access.password_file or None))
     if replicas < 2 or rounds < 1 or members not in (1, 3, 5):
         raise ConfigError("--replicas must be >= 2, --rounds >= 1, --members 1, 3 or 5")
     etcd_binary("etcdctl")  # every scenario asks etcd which leases are left: say so now, not after the first
@@ -28,9 +54,10 @@ def run_chaos(*, endpoints: str, replicas: int, scenarios: str, rounds: int, out
     out_dir.mkdir(parents=True, exist_ok=True)
     timings = FAST if fast else DEFAULT
     harness = Harness(out_dir, endpoints=list(parse_endpoints(endpoints)) if endpoints else None, members=members,
-                      replicas=replicas, timings=timings)
+                      replicas=replicas, timings=timings, job=job or None, access=access)
     cluster = endpoints or f"embedded, {members} member(s)"
-    print(f"singleton chaos: {len(names)} scenario(s) x {rounds} round(s) on {cluster}, {replicas} replicas, "
+    print(f"singleton chaos: {len(names)} scenario(s) x {rounds} round(s) on {cluster}, {replicas} replicas "
+          f"running {job + ' (judged from the run record)' if job else 'the ledger job'}, "
           f"timings: {timings}",
           flush=True)
     # The harness's own etcd clients (its key watcher) would log member losses it injected itself.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from singleton.core.config import Config, Endpoint
+from singleton.core.security import Credentials
 from singleton.core.timings import DEFAULT, Timings
 from singleton.dev.embedded import EtcdCluster, EtcdMember, etcd_binary
 from singleton.core.errors import BackendError
@@ -20,9 +22,10 @@ from singleton.backends.etcd import EtcdBackend
 from singleton.core.records import decode_leader
 from singleton.dev.ledger import FAIL_EVERY_ENV, HANG_FILE_ENV, HOLD_ENV, Tick
 from singleton.testing.proxy import CuttableProxy
-from singleton.dev.replicas import ReplicaSet
+from singleton.dev.replicas import LEDGER_JOB, ReplicaSet
 from singleton.chaos.broken import KEEP_RECORD_ENV
 from singleton.chaos.clockstep import CLOCK_FILE_ENV
+from singleton.chaos.recordticks import RecordReplicaSet
 from singleton.ops.history import read_runs
 from singleton.v1.run_pb2 import RunEntry, RunRecord
 
@@ -79,6 +82,7 @@ class ScenarioRun:
     run_record: RunRecord | None = None
     history: list[RunEntry] | None = None
     history_error: str | None = None
+    user_job: str | None = None  # the user's job (`module:callable`): ticks come from the run record, not a ledger
 
 
 def free_port() -> int:
@@ -87,10 +91,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class EtcdAccess:
+    """TLS and auth for the user's etcd: the files as `singleton run` takes them, and what they hold."""
+
+    credentials: Credentials | None = None
+    cacert: str = ""
+    cert: str = ""
+    key: str = ""
+    user: str = ""
+    password_file: str = ""
+
+    def run_args(self) -> list[str]:
+        """The replicas' flags (the password goes by file, or by SINGLETON_PASSWORD, which they inherit)."""
+        pairs = (("--cacert", self.cacert), ("--cert", self.cert), ("--key", self.key), ("--user", self.user),
+                 ("--password-file", self.password_file))
+        return [arg for flag, value in pairs if value for arg in (flag, value)]
+
+    def etcdctl_env(self) -> dict[str, str]:
+        env = {"ETCDCTL_CACERT": self.cacert, "ETCDCTL_CERT": self.cert, "ETCDCTL_KEY": self.key}
+        if self.credentials is not None and self.credentials.user:
+            env["ETCDCTL_USER"] = f"{self.credentials.user}:{self.credentials.password}"  # env: not in `ps`
+        return {k: v for k, v in env.items() if v}
+
+
 class Harness:
     def __init__(self, out_dir: Path, *, endpoints: list[Endpoint] | None = None, members: int = 1,
-                 replicas: int = 3, timings: Timings = DEFAULT, hold_s: float = 0.05) -> None:
+                 replicas: int = 3, timings: Timings = DEFAULT, hold_s: float = 0.05, job: str | None = None,
+                 access: EtcdAccess | None = None) -> None:
         self.out_dir, self.replica_count, self.timings, self.hold_s = out_dir, replicas, timings, hold_s
+        # The user's job (`module:callable`): judged from etcd's run record alone, as it writes no ledger.
+        self.job = job
+        self.access = access or EtcdAccess()
         self.run_id = uuid.uuid4().hex[:6]
         self.cluster = None if endpoints else EtcdCluster(members, out_dir / "etcd")
         self._endpoints = endpoints
@@ -114,7 +146,12 @@ class Harness:
         return self._endpoints or (self.cluster.endpoints if self.cluster else [])
 
     def backend(self) -> EtcdBackend:
-        return EtcdBackend(self.endpoints)
+        return EtcdBackend(self.endpoints, credentials=self.access.credentials)
+
+    def _etcdctl(self, *args: str) -> str:
+        env = {**os.environ, **self.access.etcdctl_env()}
+        return subprocess.run([etcd_binary("etcdctl"), "--endpoints=" + ",".join(str(e) for e in self.endpoints),
+                               *args], capture_output=True, text=True, timeout=10, env=env).stdout
 
     def _ordered_endpoints(self, replica_no: int) -> list[Endpoint]:
         """Each replica lists the members in a different order, so the replicas spread over them."""
@@ -130,21 +167,18 @@ class Harness:
     def raft_leader(self) -> EtcdMember | None:
         if self.cluster is None:
             return None
-        out = subprocess.run([etcd_binary("etcdctl"), f"--endpoints={self.cluster.endpoints_arg}", "endpoint",
-                              "status", "-w", "json"], capture_output=True, text=True, timeout=10)
-        for status, member in zip(json.loads(out.stdout or "[]"), self.cluster.members):
+        out = self._etcdctl("endpoint", "status", "-w", "json")
+        for status, member in zip(json.loads(out or "[]"), self.cluster.members):
             if status["Status"]["leader"] == status["Status"]["header"]["member_id"]:
                 return member
         return None
 
     def lease_keys(self) -> dict[str, list[str]]:
         """Live leases and the keys attached, as etcd itself (etcdctl) reports them."""
-        base = [etcd_binary("etcdctl"), "--endpoints=" + ",".join(str(e) for e in self.endpoints)]
         leases = {}
-        listing = subprocess.run([*base, "lease", "list"], capture_output=True, text=True, timeout=10).stdout
+        listing = self._etcdctl("lease", "list")
         for lease in [line.strip() for line in listing.splitlines()[1:] if line.strip()]:
-            ttl = subprocess.run([*base, "lease", "timetolive", lease, "--keys", "-w", "json"],
-                                 capture_output=True, text=True, timeout=10).stdout
+            ttl = self._etcdctl("lease", "timetolive", lease, "--keys", "-w", "json")
             keys = json.loads(ttl).get("keys") or [] if ttl.strip() else []
             leases[lease] = [base64.b64decode(k).decode(errors="replace") for k in keys]
         return leases
@@ -157,9 +191,14 @@ class Harness:
         namespace = f"{self.run_id}-{self._runs}-{scenario}"  # every run its own keys and ledger
         workdir = self.out_dir / "runs" / namespace
         workdir.mkdir(parents=True, exist_ok=True)
-        self.replicas = ReplicaSet(workdir, "", namespace, [*self.timings.cli_args(), "--prefix", PREFIX,
-                                                            "--history-size", str(HISTORY_SIZE)], hold_s=self.hold_s)
-        self.run = ScenarioRun(scenario, workdir, namespace, time.monotonic())
+        args = [*self.timings.cli_args(), "--prefix", PREFIX, "--history-size", str(HISTORY_SIZE),
+                *self.access.run_args()]
+        if self.job:
+            config = Config(endpoints=tuple(self.endpoints), name=namespace, prefix=PREFIX)
+            self.replicas = RecordReplicaSet(workdir, config, self.access.credentials, args, HISTORY_SIZE)
+        else:
+            self.replicas = ReplicaSet(workdir, "", namespace, args, hold_s=self.hold_s)
+        self.run = ScenarioRun(scenario, workdir, namespace, time.monotonic(), user_job=self.job)
         self._watch_stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch_leader_key, args=(self.run, self._watch_stop),
                                          daemon=True, name="chaos-key-watch")
@@ -211,7 +250,7 @@ class Harness:
         scheme = "https" if ordered[0].secure else "http"
         self.replicas.start(replica, endpoints=",".join(f"{scheme}://127.0.0.1:{p.port}" for p in proxies),
                             module="singleton.chaos.broken" if broken else self.options.module, env=env,
-                            extra_args=args)
+                            extra_args=args, job=self.job or LEDGER_JOB)
         return replica
 
     @property
@@ -253,7 +292,10 @@ class Harness:
             for proxy in proxies:
                 proxy.close()
         self.proxies.clear()
-        run.ticks = self.ticks()
+        try:
+            run.ticks = self.replicas.final_ticks() if isinstance(self.replicas, RecordReplicaSet) else self.ticks()
+        except BackendError as err:
+            run.ticks, run.history_error = self.ticks(), f"{type(err).__name__}: {err}"
         self._watch_stop.set()
         self._watcher.join(5)
         # Killed replicas' leases lapse by themselves: wait out one TTL before looking for leaks.
@@ -301,6 +343,9 @@ class Harness:
             backend.close()
 
     def close(self) -> None:
+        watch_stop = getattr(self, "_watch_stop", None)  # a run never ended: stop its key watch too
+        if watch_stop is not None:
+            watch_stop.set()
         if self.replicas is not None:
             self.replicas.stop_all()
         for proxies in self.proxies.values():

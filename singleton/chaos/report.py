@@ -41,6 +41,15 @@ def timeline_available() -> bool:
     return True
 
 
+def _evidence(results: list[tuple[Verdict, ScenarioRun]]) -> str:
+    job = next((run.user_job for _, run in results if run.user_job), None)
+    if job:
+        return (f"- Evidence: your job `{job}` writes no ledger: its runs are etcd's run record and history "
+                f"(slot, token, replica, start, duration, outcome of every run), checked with the harness's own "
+                f"watch of the leader key; any failed run of the job is a violation")
+    return "- Evidence: the tick ledger written by the job, etcd's run history and the harness's watch of the leader key"
+
+
 def write_report(out: Path, results: list[tuple[Verdict, ScenarioRun]], timings: Timings, cluster: str,
                  duration_s: float) -> Path:
     verdicts = [v for v, _ in results]
@@ -58,7 +67,8 @@ def write_report(out: Path, results: list[tuple[Verdict, ScenarioRun]], timings:
         f"- Takeovers, p50 / p99 / max: graceful {_figures(by_kind('graceful'))} s; crash {_figures(by_kind('crash'))} s; "
         f"pause {_figures(by_kind('pause'))} s; partition {_figures(by_kind('partition'))} s; "
         f"hung job (from its step-down) {_figures(by_kind('hung'))} s",
-        f"- Machine: {machine()}", "",
+        f"- Machine: {machine()}",
+        _evidence(results), "",
         "Invariants: no two ticks overlap; no slot runs twice; tokens grow with every new leader; a write guarded "
         "by a stale token is refused; graceful takeover on the next second; crash and pause takeover within "
         "lease + 1 s; a graceful successor ticks within 1 s (real time) of the old leader's last tick, whatever the "

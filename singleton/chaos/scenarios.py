@@ -34,13 +34,23 @@ OPTIONS: dict[str, ReplicaOptions] = {
 }
 
 
-def select(spec: str) -> list[str]:
+# With the user's own job (`--job`): the scenarios that do not shape the job (slow, raising, hanging: those use
+# the ledger job's switches) nor step or skew a replica's clock (the run record's start times are the replicas'
+# wall clocks, read as the harness's time).
+USER_JOB_SCENARIOS = ("sigkill-leader", "sigterm-leader", "sigstop-leader", "partition-leader", "kill-leader-member",
+                      "kill-raft-leader", "quorum-loss", "cluster-restart", "herd", "rolling-restart")
+
+
+def select(spec: str, user_job: bool = False) -> list[str]:
+    offered = list(USER_JOB_SCENARIOS if user_job else SCENARIOS)
     if spec == "all":
-        return list(SCENARIOS)
+        return offered
     names = [n.strip() for n in spec.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SCENARIOS]
+    unknown = [n for n in names if n not in offered]
     if unknown:
-        raise ValueError(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(SCENARIOS)}")
+        what = "scenario(s) for your own job (--job)" if user_job and all(n in SCENARIOS for n in unknown) else \
+            "scenario(s)"
+        raise ValueError(f"unknown {what} {', '.join(unknown)}; known: {', '.join(offered)}")
     return names
 
 

@@ -156,6 +156,11 @@ def _check_record(run: ScenarioRun, ticks: list[Tick], verdict: Verdict) -> None
         verdict.violations.append(f"the run record could not be read: {run.history_error or 'not read'}")
         return
     verdict.history_entries = len(run.history)
+    if run.user_job:  # the user's job raising is what they came to find out about
+        failed = [e for e in run.history if e.outcome == "failed"]
+        if failed:
+            verdict.violations.append(f"{len(failed)} run(s) of {run.user_job} failed, e.g. slot {failed[0].slot} "
+                                      f"on {failed[0].replica_id}: {failed[0].error or 'no error text'}")
     verdict.violations += [f"run record: {p}" for p in record_violations(ticks, run.history, run.run_record,
                                                                           HISTORY_SIZE)]
 

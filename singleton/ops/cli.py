@@ -222,11 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "history":
             return cmd_history(args)
         if args.command == "chaos":
-            from singleton.chaos.command import run_chaos
+            from singleton.chaos.command import chaos_access, run_chaos
 
             return run_chaos(endpoints=args.endpoints, replicas=args.replicas, scenarios=args.scenarios,
                              rounds=args.rounds, out=args.out, fast=args.fast, members=args.members,
-                             broken=args.broken_replicas)
+                             broken=args.broken_replicas, job=args.job, access=chaos_access(args))
         if args.command == "dev-etcd":
             from singleton.dev.devetcd import run_dev_etcd
 

@@ -89,6 +89,11 @@ def _add_connection(parser: _Parser) -> None:
     _option(parser, "--endpoints", required=True, help="etcd endpoints, comma-separated http://HOST:PORT")
     _option(parser, "--name", required=True, help="the job's name: replicas with the same name share one leader")
     _option(parser, "--prefix", default="/singleton", help="key prefix")
+    _add_credentials(parser)
+
+
+def _add_credentials(parser: _Parser) -> None:
+    """TLS and auth for etcd: the same options (and variables) for run, status, resign, history and chaos."""
     _option(parser, "--cacert", default="", help="CA bundle (PEM) that signed the etcd server certificates")
     _option(parser, "--cert", default="", help="client certificate (PEM), for etcd --client-cert-auth")
     _option(parser, "--key", default="", help="the client certificate's private key (PEM)")
@@ -170,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--out", default="chaos-out", help="where report.md and timeline.png go")
     chaos.add_argument("--fast", action="store_true", help=f"timings {FAST} instead of the defaults ({DEFAULT})")
     chaos.add_argument("--broken-replicas", action="store_true", help=argparse.SUPPRESS)  # proves checks can fail
+    chaos.add_argument("--job", default="", help="your own job, package.module:callable: the replicas run it and "
+                       "the verdict comes from etcd's run record and history (no ledger); offers the scenarios "
+                       "that do not shape the job or the clocks")
+    _add_credentials(chaos)
 
     demo = sub.add_parser("demo", help="3 replicas on an embedded local etcd, with a live failover")
     demo.add_argument("--replicas", type=int, default=3, help="how many replicas of `singleton run`")

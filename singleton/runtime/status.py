@@ -97,7 +97,13 @@ class StatusMixin(GaugeSource):
                 "fencing_token": float(term.fencing_token) if leading and term else 0.0,
                 "lease_remaining": max(0.0, term.keeper.remaining_s(self.clock.monotonic())) if leading and term
                 else 0.0,
-                "clock_skew": self.stats.clock_skew_s}
+                "clock_skew": self.stats.clock_skew_s, "job_overdue": self._job_overdue_s()}
+
+    def _job_overdue_s(self) -> float:
+        running = self._jobs.running() if self._jobs is not None else None
+        if running is None or running.cancelled_at is None:
+            return 0.0
+        return max(0.0, self.clock.monotonic() - running.cancelled_at)
 
     def health(self) -> list[str]:
         """Problems that mean this process is wedged (liveness); empty when healthy."""

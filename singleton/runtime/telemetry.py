@@ -44,7 +44,7 @@ _gauge_sources: weakref.WeakSet[GaugeSource] = weakref.WeakSet()
 class GaugeSource:
     replica_id: str
 
-    def gauge_values(self) -> dict[str, float]:  # is_leader, fencing_token, lease_remaining
+    def gauge_values(self) -> dict[str, float]:  # is_leader, fencing_token, lease_remaining, clock_skew, job_overdue
         raise NotImplementedError
 
 
@@ -60,6 +60,9 @@ meter.create_observable_gauge("singleton.fencing_token", [_observe("fencing_toke
                               description="The current term's fencing token (0 when not leading)")
 meter.create_observable_gauge("singleton.clock_skew", [_observe("clock_skew")], unit="s",
                               description="The last leader's wall clock minus ours, as measured at our last takeover")
+meter.create_observable_gauge("singleton.job_overdue", [_observe("job_overdue")], unit="s",
+                              description="How long the running tick has gone on since it was told to cancel (past "
+                                          "its --job-timeout, or at a step-down); 0 when none is")
 meter.create_observable_gauge("singleton.lease_remaining", [_observe("lease_remaining")], unit="s",
                               description="Lease left, by the leader's local monotonic clock (0 when not leading)")
 
@@ -94,6 +97,10 @@ class Stats:
             _step_downs.add(0, self._attrs(reason=reason.value))
         for outcome in TICK_OUTCOMES:
             _ticks.add(0, self._attrs(outcome=outcome))
+        # A standby's missed-slot series must exist before its takeover counts the first ones (the alert on
+        # increase() would otherwise see a series born at N, with no increase).
+        for missed in MISSED_REASONS:
+            _missed_slots.add(0, self._attrs(reason=missed))
 
     def _attrs(self, job: str | None = None, **extra: str) -> dict[str, str]:
         # `job_name`, not `job`: Prometheus's own target label `job` would rename ours to `exported_job`.
