@@ -124,7 +124,7 @@ def consume_skip(control: JobControl, slot: int, token: int, at: float) -> tuple
     """The leader's claim of `slot` that consumes the skip-next request (written in that claim's transaction)."""
     new = _copy(control)
     by, reason = new.skip_by, new.skip_reason
-    new.skip_next, new.skip_by, new.skip_reason = False, "", ""
+    new.skip_next, new.skip_by, new.skip_reason, new.skipped_slot = False, "", "", slot
     return new, _event(new, "skipped", by, reason, at, slot=slot, fencing_token=token)
 
 
@@ -195,6 +195,12 @@ class ControlState:
         with self._lock:
             seen = self._jobs.get(job)
             return list(seen.control.triggers) if seen is not None else []
+
+    def skipped(self, job: str, slot: int) -> bool:
+        """`slot` was claimed to consume a skip-next request: no leader runs it."""
+        with self._lock:
+            seen = self._jobs.get(job)
+            return bool(seen is not None and slot != 0 and seen.control.skipped_slot == slot)
 
     def any_triggers(self) -> bool:
         with self._lock:

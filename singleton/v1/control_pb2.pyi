@@ -68,6 +68,7 @@ class JobControl(_message.Message):
     SKIP_REASON_FIELD_NUMBER: _builtins.int
     TRIGGERS_FIELD_NUMBER: _builtins.int
     EVENT_SEQ_FIELD_NUMBER: _builtins.int
+    SKIPPED_SLOT_FIELD_NUMBER: _builtins.int
     paused: _builtins.bool
     reason: _builtins.str
     by: _builtins.str
@@ -80,6 +81,8 @@ class JobControl(_message.Message):
     skip_reason: _builtins.str
     event_seq: _builtins.int
     """Counter of the job's control events; event n lives at `<events prefix><n mod 100>`."""
+    skipped_slot: _builtins.int
+    """The slot a skip-next request was consumed by (claimed, never run): any leader that reaches it skips it."""
     @_builtins.property
     def triggers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Trigger]: ...
     def __init__(
@@ -95,10 +98,11 @@ class JobControl(_message.Message):
         skip_reason: _builtins.str = ...,
         triggers: _abc.Iterable[Global___Trigger] | None = ...,
         event_seq: _builtins.int = ...,
+        skipped_slot: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_s", b"at_unix_s", "by", b"by", "event_seq", b"event_seq", "paused", b"paused", "reason", b"reason", "skip_by", b"skip_by", "skip_next", b"skip_next", "skip_reason", b"skip_reason", "triggers", b"triggers", "until_unix_s", b"until_unix_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix_s", b"at_unix_s", "by", b"by", "event_seq", b"event_seq", "paused", b"paused", "reason", b"reason", "skip_by", b"skip_by", "skip_next", b"skip_next", "skip_reason", b"skip_reason", "skipped_slot", b"skipped_slot", "triggers", b"triggers", "until_unix_s", b"until_unix_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
