@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
@@ -16,9 +17,9 @@ __all__ = ["Handover", "LeaderRecord", "RunEntry", "RunRecord", "leader_record",
 M = TypeVar("M", bound=Message)
 
 
-def leader_record(replica_id: str, lease_id: int, elected_at_unix_s: float) -> bytes:
+def leader_record(replica_id: str, lease_id: int, elected_at_unix_s: float, jobs: Sequence[str] = ()) -> bytes:
     return LeaderRecord(replica_id=replica_id, host=socket.gethostname(), pid=os.getpid(),
-                        elected_at_unix_s=elected_at_unix_s, lease_id=lease_id).SerializeToString()
+                        elected_at_unix_s=elected_at_unix_s, lease_id=lease_id, jobs=jobs).SerializeToString()
 
 
 def _decode(message: type[M], data: bytes) -> M | None:

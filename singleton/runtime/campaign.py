@@ -42,6 +42,7 @@ class Campaigner:
         self.config, self.backend, self.clock, self.election = config, backend, clock, election
         self._stop = stop
         self._see_leader = see_leader  # keeps the replica's status current
+        self.job_names: Callable[[], list[str]] = list  # the named jobs, published in the leader record
         self._vacancy_revision: int | None = None  # revision of the leader-key delete that ended our wait
         self._vacancy_seen_at: float | None = None  # monotonic time we saw it
         where = ",".join(map(str, config.endpoints))
@@ -102,7 +103,7 @@ class Campaigner:
             raise
         try:
             result = self.backend.campaign(cfg.leader_key, leader_record(cfg.replica_id, lease.lease_id,
-                                                                         self.clock.wall()),
+                                                                         self.clock.wall(), self.job_names()),
                                            lease.lease_id, cfg.call_timeout_s,
                                            also_read=(cfg.handover_key, cfg.run_key))
         except BackendError:

@@ -29,12 +29,17 @@ class LeaderRecord(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     ELECTED_AT_UNIX_S_FIELD_NUMBER: _builtins.int
     LEASE_ID_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     host: _builtins.str
     pid: _builtins.int
     elected_at_unix_s: _builtins.float
     """Wall-clock time the replica won this term, in Unix seconds."""
     lease_id: _builtins.int
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The named jobs this replica runs (so `singleton pause --job J` can tell a misspelt J from a job not run yet)."""
+
     def __init__(
         self,
         *,
@@ -43,10 +48,11 @@ class LeaderRecord(_message.Message):
         pid: _builtins.int = ...,
         elected_at_unix_s: _builtins.float = ...,
         lease_id: _builtins.int = ...,
+        jobs: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elected_at_unix_s", b"elected_at_unix_s", "host", b"host", "lease_id", b"lease_id", "pid", b"pid", "replica_id", b"replica_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elected_at_unix_s", b"elected_at_unix_s", "host", b"host", "jobs", b"jobs", "lease_id", b"lease_id", "pid", b"pid", "replica_id", b"replica_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
