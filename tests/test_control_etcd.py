@@ -158,3 +158,38 @@ def test_control_verbs_give_one_line_errors(etcd: EtcdCluster, name: str, capsys
         assert err.count("\n") == 1 and "unknown job 'tikc'" in err and "tick" in err
         assert main(["skip-next", *cli(etcd, name + "-typo")]) == 2
         assert "nothing under" in capsys.readouterr().err
+
+
+def test_admin_api_pauses_resumes_and_triggers(etcd: EtcdCluster, name: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import grpc
+
+    from singleton.dev.embedded import free_port
+    from singleton.ops.admin import serve_admin
+    from singleton.v1 import admin_pb2, admin_pb2_grpc
+
+    runs: Runs = []
+    app = replica(etcd, name, "a", runs)
+    port = free_port()
+    server, _ = serve_admin(app, str(port), None)
+    try:
+        with app, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = admin_pb2_grpc.AdminStub(channel)
+            wait_for(lambda: len(runs) >= 1, 10, "a run")
+            paused = stub.PauseJob(admin_pb2.ControlRequest(job="tick", reason="maintenance", for_s=600), timeout=5)
+            assert paused.control.paused and paused.control.until_unix_s - paused.control.at_unix_s == 600
+            last = record_slot(etcd, name)
+            wait_for(lambda: app.stats.job_missed["tick", "paused"] >= 2, 10, "two paused slots")
+            assert max(slot for _, slot in runs) <= last
+            triggered = stub.TriggerJob(admin_pb2.ControlRequest(job="tick", by="api-user"), timeout=5)
+            wait_for(lambda: any(slot < 0 for _, slot in runs), 10, "the manual run (a pause stops only the schedule)")
+            assert not stub.ResumeJob(admin_pb2.ControlRequest(job="tick"), timeout=5).control.paused
+            wait_for(lambda: max(slot for _, slot in runs) > last, 10, "scheduled runs again")
+            with pytest.raises(grpc.RpcError) as err:
+                stub.SkipNext(admin_pb2.ControlRequest(job="nope"), timeout=5)
+            assert err.value.code() is grpc.StatusCode.NOT_FOUND and "unknown job 'nope'" in (err.value.details() or "")
+    finally:
+        server.stop(1.0)
+    events = history(etcd, name, capsys)["control_events"]
+    assert [e["kind"] for e in reversed(events)] == ["pause", "trigger", "triggered", "resume"]
+    assert events[-1]["by"].startswith("admin API") and events[-2]["trigger_id"] == triggered.trigger_id
