@@ -188,18 +188,18 @@ def test_cli_status_json_agrees_with_etcd_and_watch_and_resign_work(pair: Pair, 
 
 def test_healthz_turns_red_when_the_ticker_is_wedged(etcd: EtcdCluster, name: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import singleton.runtime.leadership as leadership
+    import singleton.runtime.ticking as ticking
 
     release = threading.Event()
     wedged = threading.Event()
-    real_plan_next = leadership.plan_next
+    real_plan_next = ticking.next_schedule_plan
 
     def stuck_plan_next(*args: object, **kwargs: object) -> object:
         if wedged.is_set():
             release.wait(30)  # the ticker thread hangs here, as a deadlocked loop would
         return real_plan_next(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(leadership, "plan_next", stuck_plan_next)
+    monkeypatch.setattr(ticking, "next_schedule_plan", stuck_plan_next)
     s = make(etcd.endpoints, name, "w", Recorder())
     http = HttpServer("127.0.0.1", 0, s.health, s.readiness).start()
     url = f"http://127.0.0.1:{http.port}"

@@ -409,3 +409,59 @@ def test_a_graceful_stop_keeps_the_quick_jobs_on_schedule_until_the_slow_run_end
     assert handover is not None and handover.job_next_slots["quick"] == 4 * T0 + 13
     b._tick_until_step_down(None, handover)
     assert b_runner.slots[0] == 4 * T0 + 13  # the successor takes the very next instant
+
+
+def test_a_pause_past_the_lease_runs_nothing_of_any_job_afterwards() -> None:
+    clock = FakeClock(wall=T0 + 0.4)
+    backend = MemoryBackend(clock)
+    runners = {s.name: FakeRunner(clock) for s in specs()}
+    leadership, _ = lead(backend, clock, [(s, runners[s.name]) for s in specs()], 30.0)
+    paused: list[float] = []
+    renew = leadership._wake.on_wait  # type: ignore[attr-defined]
+
+    def on_wait() -> None:
+        if not paused and clock.monotonic() > 1004.0:
+            paused.append(clock.monotonic())
+            clock.advance(11.0)  # SIGSTOP for longer than the whole lease: no renewal meanwhile
+            return
+        if not paused:
+            renew()
+
+    leadership._wake.on_wait = on_wait  # type: ignore[attr-defined]
+    assert leadership._tick_until_step_down(None) is StepDownReason.LEASE_EXPIRING
+    starts = [r["start"] for runner in runners.values() for r in runner.runs]
+    assert paused and starts and all(start <= paused[0] for start in starts)
+
+
+def test_the_handover_record_reads_both_ways_between_versions() -> None:
+    from singleton.core.records import Handover
+
+    old = Handover(replica_id="a", fencing_token=7, last_slot=T0, written_at_unix_s=T0 + 0.5).SerializeToString()
+    decoded = decode_handover(old)
+    assert decoded is not None and decoded.last_slot == T0 and dict(decoded.job_next_slots) == {}
+    new = Handover(replica_id="a", fencing_token=7, last_slot=T0, job_next_slots={"quarter": 4 * T0 + 3})
+    again = decode_handover(new.SerializeToString())
+    assert again is not None and again.last_slot == T0 and again.job_next_slots["quarter"] == 4 * T0 + 3
+
+
+def test_a_refused_batch_claim_ends_the_term_and_none_of_its_slots_run() -> None:
+    clock = FakeClock(wall=T0 + 0.4)
+    backend = MemoryBackend(clock)
+    claims = Claims(backend)
+    runners = {s.name: FakeRunner(clock) for s in specs()}
+    leadership, _ = lead(backend, clock, [(s, runners[s.name]) for s in specs()], 30.0)
+    cfg, token = leadership.config, leadership.term.fencing_token
+    renew = leadership._wake.on_wait  # type: ignore[attr-defined]
+    moved: list[float] = []
+
+    def on_wait() -> None:
+        renew()
+        if not moved and clock.monotonic() > 1003.0:  # someone else extends job "second"'s chain behind our back
+            moved.append(clock.monotonic())
+            assert backend.guarded_put(cfg.leader_key, token, cfg.job_run_key("second"), b"not ours", 1.0)
+
+    leadership._wake.on_wait = on_wait  # type: ignore[attr-defined]
+    assert leadership._tick_until_step_down(None) is StepDownReason.CLAIM_REFUSED
+    for spec in specs():  # every run was claimed first, and nothing ran after the refusal
+        assert set(runners[spec.name].slots) <= set(claims.by_key.get(cfg.job_run_key(spec.name), []))
+    assert moved and sum(len(r.runs) for r in runners.values()) > 10

@@ -16,6 +16,7 @@ from singleton.runtime.telemetry import GaugeSource, Stats
 
 if TYPE_CHECKING:
     from singleton.backends.abc import Backend
+    from singleton.runtime.registry import JobRegistry
     from singleton.runtime.tracks import AllJobs
     from singleton.runtime.leadership import Leadership
 
@@ -41,6 +42,7 @@ class StatusMixin(GaugeSource):
     backend: Backend
     _leadership: Leadership | None
     _jobs: AllJobs | None
+    _registry: JobRegistry
     _leader_seen: tuple[str, int]
     _last_tick: tuple[int, float]
     _runner_thread: threading.Thread | None
@@ -97,7 +99,8 @@ class StatusMixin(GaugeSource):
                 "fencing_token": float(term.fencing_token) if leading and term else 0.0,
                 "lease_remaining": max(0.0, term.keeper.remaining_s(self.clock.monotonic())) if leading and term
                 else 0.0,
-                "clock_skew": self.stats.clock_skew_s, "job_overdue": self._job_overdue_s()}
+                "clock_skew": self.stats.clock_skew_s, "job_overdue": self._job_overdue_s(),
+                "workers_busy": float(pool.busy) if (pool := self._registry.pool) is not None else 0.0}
 
     def _job_overdue_s(self) -> float:
         running = self._jobs.running() if self._jobs is not None else None
