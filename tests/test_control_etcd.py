@@ -193,3 +193,23 @@ def test_admin_api_pauses_resumes_and_triggers(etcd: EtcdCluster, name: str,
     events = history(etcd, name, capsys)["control_events"]
     assert [e["kind"] for e in reversed(events)] == ["pause", "trigger", "triggered", "resume"]
     assert events[-1]["by"].startswith("admin API") and events[-2]["trigger_id"] == triggered.trigger_id
+
+
+def test_the_single_job_of_run_job_is_controlled_without_job(etcd: EtcdCluster, name: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The unnamed job of `run --job` (legacy keys): `<prefix>/<name>/control`, its events beside its history."""
+    slots: list[int] = []
+    app = Singleton(Config(endpoints=etcd.endpoints, name=name, replica_id="a", **FAST.config_kwargs()),
+                    lambda ctx: slots.append(ctx.slot))
+    with app:
+        wait_for(lambda: len(slots) >= 1, 10, "a run")
+        assert main(["pause", *cli(etcd, name, "--reason", "legacy")]) == 0
+        wait_for(lambda: app.stats.missed_slots["paused"] >= 1, 10, "a paused slot")
+        count = len(slots)
+        assert main(["trigger", *cli(etcd, name)]) == 0
+        wait_for(lambda: len(slots) > count, 10, "the manual run")
+        assert slots[-1] < 0
+        capsys.readouterr()
+        assert main(["history", *cli(etcd, name)]) == 0
+        out = capsys.readouterr().out
+        assert "(manual: trigger" in out and "control events:" in out and "'legacy'" in out

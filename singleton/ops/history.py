@@ -65,7 +65,6 @@ def show_history(backend: Backend, config: Config, *, as_json: bool, limit: int,
                 (f": {run['trigger_reason']}" if run["trigger_reason"] else "") + ")"
         print(f"{run['seq']:>6}  {run['slot']:>10}  {when:<23}  {took:>8}  {run['outcome']:<9}  "
               f"{run['replica_id']:<16}  {run['fencing_token']:>5}  {run['error'] or ''}{extra}")
-    return 0
     show_events(history["control_events"])
     return 0
 

@@ -37,6 +37,11 @@ log = logging.getLogger("singleton")
 _RECHECK_S = 0.2  # one read tells a batch of refused claims apart; its verdict holds this long
 
 
+def _job(track: Track) -> str:
+    """The job's id in control keys: "" for the single job of `run --job` (legacy keys), else its name."""
+    return "" if track.legacy else track.name
+
+
 class JobControls:
     def __init__(self, config: Config, backend: Backend, clock: Clock, token: int, tracks: list[Track],
                  stats: Stats, wake: threading.Event, over: threading.Event) -> None:
@@ -71,7 +76,7 @@ class JobControls:
             if job is not None:
                 self.state.apply(job, kv.mod_revision, kv.value)
         for track in self._tracks:
-            if self.state.paused(track.name, self.clock.wall()):
+            if self.state.paused(_job(track), self.clock.wall()):
                 log.info("job%s is paused %s", track.tag or " (single)", self._tag)
         return None
 
@@ -104,7 +109,7 @@ class JobControls:
 
     # --- claims ----------------------------------------------------------------------------------------------
     def _fence(self, track: Track, slot: int, consume: bool) -> ControlFence:
-        job, key = track.name, control_key(self.config, track.name)
+        job, key = _job(track), control_key(self.config, _job(track))
         compare = (key, self.state.revision(job))
         moved = (lambda: self._control_moved(track))
         if not (consume and self.state.skip_pending(job)):
@@ -127,7 +132,7 @@ class JobControls:
         if self._recheck is not None and now - self._recheck[0] < _RECHECK_S and self._recheck[1] == \
                 track.chain.run_key:
             return self._recheck[2]
-        key = control_key(self.config, track.name)
+        key = control_key(self.config, _job(track))
         try:
             found = self.backend.get_many([self.config.leader_key, track.chain.run_key, key],
                                           min(0.5, self.config.call_timeout_s))
@@ -139,16 +144,16 @@ class JobControls:
         if stands:
             control = found.get(key)
             if control is not None:
-                self.state.apply(track.name, control.mod_revision, control.value)
+                self.state.apply(_job(track), control.mod_revision, control.value)
             log.info("claim%s refused because its control record changed; judging again %s", track.tag, self._tag)
         self._recheck = (now, track.chain.run_key, stands)
         return stands
 
     def held(self, track: Track, slot: int, wall: float) -> str | None:
         """Why `slot` must not run: `skip_next` (claimed to consume a skip-next), `paused`; None: it may run."""
-        if self.state.skipped(track.name, slot):
+        if self.state.skipped(_job(track), slot):
             return "skip_next"
-        if self.state.paused(track.name, wall):
+        if self.state.paused(_job(track), wall):
             return "paused"
         return None
 
@@ -158,7 +163,7 @@ class JobControls:
         if not self.state.any_triggers():
             return None
         for track in self._tracks:
-            for asked in self.state.triggers(track.name):
+            for asked in self.state.triggers(_job(track)):
                 reason = check()
                 if reason is not None:
                     return reason
@@ -175,7 +180,7 @@ class JobControls:
 
     def _run(self, track: Track, trigger_id: str, by: str, reason: str,
              start: Callable[[Track, TickContext], None]) -> ClaimOutcome:
-        chain, job, key = track.chain, track.name, control_key(self.config, track.name)
+        chain, job, key = track.chain, _job(track), control_key(self.config, _job(track))
         assert chain is not None
         control, event = settle_trigger(self.state.control(job), trigger_id, "triggered", "", self.token,
                                         self.clock.wall(), run_seq=chain.last_seq + 1)
@@ -203,7 +208,7 @@ class JobControls:
         return outcome
 
     def _refuse(self, track: Track, trigger_id: str, why: str) -> None:
-        job, key = track.name, control_key(self.config, track.name)
+        job, key = _job(track), control_key(self.config, _job(track))
         control, event = settle_trigger(self.state.control(job), trigger_id, "trigger-refused", why, self.token,
                                         self.clock.wall())
         value = control.SerializeToString()

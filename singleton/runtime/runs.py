@@ -114,8 +114,10 @@ class RunChain:
     def unknown_outcome_of_predecessor(self) -> None:
         """After a takeover that was not a handover, the last claimed run's outcome died with its leader."""
         if self.record is not None and self.record.seq:
-            self._add(RunEntry(seq=self.record.seq, slot=self.record.slot, fencing_token=self.record.fencing_token,
-                               replica_id=self.record.replica_id, outcome="unknown"))
+            manual = self.record.trigger_id  # an operator's trigger: not a run of the record's slot
+            self._add(RunEntry(seq=self.record.seq, slot=0 if manual else self.record.slot,
+                               fencing_token=self.record.fencing_token, replica_id=self.record.replica_id,
+                               outcome="unknown", trigger_id=manual))
 
     def claim(self, slot: int, coalesced_from: int = 0, timeout_s: float | None = None) -> ClaimOutcome:
         """`timeout_s`: how long the claim may take (default the call timeout); a claim that cannot finish
