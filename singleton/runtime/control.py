@@ -160,6 +160,10 @@ class JobControls:
     # --- triggers ----------------------------------------------------------------------------------------------
     def serve_triggers(self, check: Callable[[], StepDownReason | None],
                        start: Callable[[Track, TickContext], None]) -> StepDownReason | None:
+        wall = self.clock.wall()
+        for track in self._tracks:  # a paused job claims nothing, so its finished runs' history is written here
+            if track.chain is not None and self.state.paused(_job(track), wall):
+                track.chain.flush_history(self.config.call_timeout_s)
         if not self.state.any_triggers():
             return None
         for track in self._tracks:

@@ -247,6 +247,24 @@ class RunChain:
         size = self.config.history_size
         return {f"{self.history_prefix}{history_index(e.seq, size)}": e.SerializeToString() for e in entries}
 
+    def flush_history(self, timeout_s: float) -> bool:
+        """Write the finished runs' history now, without a claim (a paused job makes none): guarded by the term and
+        by the run record still being ours. False when nothing was written (kept for the next claim)."""
+        with self._lock:
+            pending = list(self._pending)
+        if not pending:
+            return False
+        try:
+            written = self.backend.claim_all(self.config.leader_key, self.token, [(self.run_key, self.revision)],
+                                             self._history_puts(pending), timeout_s)
+        except BackendError:
+            return False
+        if written is None:
+            return False
+        with self._lock:
+            del self._pending[:len(pending)]
+        return True
+
     def final_puts(self) -> dict[str, bytes]:
         """The history not yet written, for the handover transaction."""
         with self._lock:
