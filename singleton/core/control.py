@@ -205,3 +205,8 @@ class ControlState:
     def any_triggers(self) -> bool:
         with self._lock:
             return any(s.control.triggers for s in self._jobs.values())
+
+    def paused_jobs(self) -> list[str]:
+        """Jobs whose record says paused (expired or not): few, so the loop's per-pass work does not grow with N."""
+        with self._lock:
+            return [job for job, s in self._jobs.items() if s.control.paused]

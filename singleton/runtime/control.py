@@ -48,6 +48,7 @@ class JobControls:
         self.config, self.backend, self.clock, self.token, self.stats = config, backend, clock, token, stats
         self.state = ControlState()
         self._tracks = tracks
+        self._by_job = {_job(t): t for t in tracks}
         self._wake, self._over = wake, over
         self._recheck: tuple[float, str, bool] | None = None  # (monotonic time, run key, verdict)
         for track in tracks:
@@ -161,8 +162,9 @@ class JobControls:
     def serve_triggers(self, check: Callable[[], StepDownReason | None],
                        start: Callable[[Track, TickContext], None]) -> StepDownReason | None:
         wall = self.clock.wall()
-        for track in self._tracks:  # a paused job claims nothing, so its finished runs' history is written here
-            if track.chain is not None and self.state.paused(_job(track), wall):
+        for job in self.state.paused_jobs():  # a paused job claims nothing: its finished runs' history is written here
+            track = self._by_job.get(job)
+            if track is not None and track.chain is not None and self.state.paused(job, wall):
                 track.chain.flush_history(self.config.call_timeout_s)
         if not self.state.any_triggers():
             return None
