@@ -1,12 +1,17 @@
 """Fixtures shared by tests/ and integration/: real etcd on free loopback ports."""
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from singleton.dev.embedded import EtcdCluster
+
+# Every server a test starts listens on 127.0.0.1: the fast-failover listener too (it binds all interfaces by
+# default, for standbys on other hosts). Config and the CLI both read this variable.
+os.environ.setdefault("SINGLETON_SENSE_HOST", "127.0.0.1")
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,8 @@ def run_cluster(workdir: Path, seconds: float, default_timings: bool) -> tuple[P
     """Runs the cluster with its two faults; returns Prometheus (still running), start, end, and the faults."""
     timings = DEFAULT if default_timings else FAST
     etcd = EtcdCluster(1).__enter__()
-    rs = ReplicaSet(workdir, etcd.endpoints_arg, "dashboard", timings.cli_args())
+    # Without fast failover, so the SIGKILL shows what a crash costs on the lease path (missed slots, the alert).
+    rs = ReplicaSet(workdir, etcd.endpoints_arg, "dashboard", [*timings.cli_args(), "--no-fast-failover"])
     ports = {r: free_port() for r in REPLICAS}
     prom = Prometheus(workdir, [f"127.0.0.1:{p}" for p in ports.values()], [MONITORING / "singleton-rules.yaml"])
     faults: list[tuple[float, str]] = []

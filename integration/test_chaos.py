@@ -14,10 +14,6 @@ from singleton.chaos.report import write_report, write_timeline
 from singleton.chaos.scenarios import SCENARIOS, run_scenario
 from singleton.chaos.verdict import Verdict
 
-# The scenarios share one harness and the report test reads their results: under pytest-xdist they all run on one
-# worker, in order (`--dist loadgroup`).
-pytestmark = pytest.mark.xdist_group("chaos-harness")
-
 RESULTS: list[tuple[Verdict, ScenarioRun]] = []
 
 

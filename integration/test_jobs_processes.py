@@ -67,13 +67,13 @@ def test_twenty_jobs_on_three_replicas_through_a_sigterm_and_a_sigkill(etcd: Etc
         start("b")
         start("c")
         wait_for(lambda: all("standing by" in log_of(r) for r in ("b", "c")), 30, "two standbys")
-        wait_for(lambda: len(runs_by(tmp_path, "s1", "a")) >= 4, 10, "a few seconds of a")
+        wait_for(lambda: len(runs_by(tmp_path, "s1", "a")) >= 4, 20, "a few seconds of a")
         procs["a"].send_signal(signal.SIGTERM)  # graceful: it drains, hands over, and exits
         assert procs["a"].wait(15) == 0, log_of("a")
-        wait_for(lambda: any(runs_by(tmp_path, "s1", r) for r in ("b", "c")), 10, "a successor")
+        wait_for(lambda: any(runs_by(tmp_path, "s1", r) for r in ("b", "c")), 20, "a successor")
         successor = "b" if runs_by(tmp_path, "s1", "b") else "c"
         third = "c" if successor == "b" else "b"
-        wait_for(lambda: len(runs_by(tmp_path, "s1", successor)) >= 4, 10, "a few seconds of the successor")
+        wait_for(lambda: len(runs_by(tmp_path, "s1", successor)) >= 4, 20, "a few seconds of the successor")
         killed_at = time.monotonic()
         procs[successor].send_signal(signal.SIGKILL)
         procs[successor].wait(10)

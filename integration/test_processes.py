@@ -113,6 +113,8 @@ def test_sigstop_past_the_lease_never_ticks_on_the_expired_lease(replicas: Repli
     rs.wait_ticks(2, 5, replica=new.replica, after=resumed)
     old_after = [t for t in rs.ticks() if t.replica == old and t.start_mono > stopped]
     assert not old_after, f"the paused replica ticked after it woke: {old_after}"
+    # Fast failover: a paused process keeps its sockets open, so no standby took it for dead.
+    assert not any(f"leader {old} is dead" in rs.log(r) for r in rs.procs), "a paused leader's lease was revoked"
 
 
 @pytest.mark.parametrize("replicas", [DEFAULT], indirect=True)

@@ -392,3 +392,24 @@ def collect_prefix(backend: Backend, prefix: str, start: int, n: int, timeout_s:
     stop.set()
     t.join(2)
     return out
+
+
+def test_a_lease_revoked_by_another_client_fences_its_holder(backend: Backend, name: str,
+                                                            request: pytest.FixtureRequest) -> None:
+    """Fast failover's safety: a standby revokes the lease of a leader it believes dead. Were that leader alive,
+    its next claim, its guarded writes and its renewal are all refused."""
+    key, run, data = f"/c/{name}/leader", f"/c/{name}/run", f"/c/{name}/data"
+    other: Backend = backend if isinstance(backend, MemoryBackend) else \
+        EtcdBackend(request.getfixturevalue("etcd").endpoints)
+    lease = backend.grant_lease(10, T)
+    token = backend.campaign(key, b"x", lease.lease_id, T).fencing_token
+    claimed = backend.claim(key, token, (run, 0), {run: b"slot 1"}, T)
+    assert claimed is not None
+    other.revoke_lease(lease.lease_id, T)
+    other.revoke_lease(lease.lease_id, T)  # a second standby doing the same: harmless
+    assert backend.get(key, T)[0] is None
+    assert backend.claim(key, token, (run, claimed), {run: b"slot 2"}, T) is None
+    assert not backend.guarded_put(key, token, data, b"stale", T, claim=(run, claimed))
+    assert backend.keep_alive_once(lease.lease_id, T) == 0
+    if other is not backend:
+        other.close()

@@ -302,7 +302,7 @@ def test_a_graceful_handover_continues_every_jobs_series_with_no_instant_missed_
     handed_over_at = clock.monotonic()
     other = OffsetClock(clock, offset_s)
     second = {s.name: FakeRunner(clock) for s in specs()}
-    b, handover = lead(backend, other, [(s, second[s.name]) for s in specs()], 12.0, replica="r2")  # type: ignore[arg-type]
+    b, handover = lead(backend, other, [(s, second[s.name]) for s in specs()], 12.0, replica="r2")
     assert handover is not None and set(handover.job_next_slots) == {s.name for s in specs()}
     b._tick_until_step_down(None, handover)
     for spec in specs():
@@ -331,7 +331,7 @@ def test_after_a_crash_each_job_numbers_on_after_its_record_and_counts_what_it_m
     backend.revoke_lease(a.term.keeper.lease_id, 1.0)  # it dies: no handover
     clock.advance(3.0)
     second = {s.name: FakeRunner(clock) for s in specs()}
-    b, handover = lead(backend, OffsetClock(clock, offset_s), [(s, second[s.name]) for s in specs()], 10.0,  # type: ignore[arg-type]
+    b, handover = lead(backend, OffsetClock(clock, offset_s), [(s, second[s.name]) for s in specs()], 10.0,
                        replica="r2")
     assert handover is None
     started_at = clock.monotonic()

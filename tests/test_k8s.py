@@ -110,6 +110,21 @@ def test_probes_match_the_health_server() -> None:
         server.close()
 
 
+def test_replicas_reach_each_others_sense_port() -> None:
+    """Fast failover: the pod advertises its IP, listens on the sense port, and the NetworkPolicy lets the replicas
+    (and only they) connect to it, both ways."""
+    manifests = all_docs()
+    container = manifests["Deployment/singleton"]["spec"]["template"]["spec"]["containers"][0]
+    port = next(p for p in container["ports"] if p["name"] == "sense")["containerPort"]
+    assert str(port) == manifests["ConfigMap/singleton-config"]["data"]["SINGLETON_SENSE_PORT"]
+    advertise = next(e for e in container["env"] if e["name"] == "SINGLETON_ADVERTISE_HOST")
+    assert advertise["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    policy = manifests["NetworkPolicy/singleton"]["spec"]
+    ours = {"podSelector": {"matchLabels": policy["podSelector"]["matchLabels"]}}
+    assert any(r.get("from") == [ours] and r["ports"] == [{"port": port, "protocol": "TCP"}] for r in policy["ingress"])
+    assert any(r.get("to") == [ours] and r["ports"] == [{"port": port, "protocol": "TCP"}] for r in policy["egress"])
+
+
 def test_pod_hardening_and_rollout_safety() -> None:
     manifests = all_docs()
     deployment = manifests["Deployment/singleton"]["spec"]

@@ -31,6 +31,8 @@ def load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, MONITORING / f"{name}.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs: its dataclasses look their module up in sys.modules.
+    sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
 

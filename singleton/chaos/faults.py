@@ -6,10 +6,12 @@ these events.
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 
-from singleton.chaos.harness import FaultEvent, Harness
+from singleton.chaos.harness import PREFIX, FaultEvent, Harness
+from singleton.dev.embedded import etcd_binary
 
 Fault = Callable[[Harness], FaultEvent]
 QUORUM_LOSS_S = 20.0
@@ -173,6 +175,27 @@ def herd(h: Harness) -> FaultEvent:
     return kill
 
 
+def revoke_live_leader(h: Harness) -> FaultEvent:
+    """Fast failover's false positive, forced: `etcdctl lease revoke` of a leader that is alive and well. It must
+    run no slot claimed after that (its claims compare the key, which is gone) and step down."""
+    leader = h.leader()
+    assert h.run is not None
+    backend = h.backend()
+    try:
+        kv, _ = backend.get(f"{PREFIX}/{h.run.namespace}/leader", 5.0)
+    finally:
+        backend.close()
+    if kv is None:
+        return h.record(FaultEvent("revoke-live-leader", "skipped", time.monotonic(), leader, detail="no leader key"))
+    event = h.record(FaultEvent("revoke-live-leader", "revoke", time.monotonic(), leader, old_leader=leader,
+                                detail=f"lease {kv.lease_id:x} token {kv.create_revision}"))
+    subprocess.run([etcd_binary("etcdctl"), "--endpoints=" + ",".join(str(e) for e in h.endpoints), "lease", "revoke",
+                    f"{kv.lease_id:x}"], capture_output=True, timeout=10, check=True)
+    event.healed_at_mono = time.monotonic()
+    h.wait_tick(event.at_mono, h.timings.lease_ttl_s + 5, exclude=leader)
+    return event
+
+
 FAULTS: dict[str, Fault] = {f.__name__.replace("_", "-"): f for f in (
     sigkill_leader, sigterm_leader, sigstop_leader, partition_leader, kill_leader_member, kill_raft_leader,
-    quorum_loss, cluster_restart, slow_job, slow_job_past_lease, raising_job, clock_step, herd)}
+    quorum_loss, cluster_restart, slow_job, slow_job_past_lease, raising_job, clock_step, herd, revoke_live_leader)}

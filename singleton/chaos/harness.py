@@ -83,6 +83,7 @@ class ScenarioRun:
     history: list[RunEntry] | None = None
     history_error: str | None = None
     user_job: str | None = None  # the user's job (`module:callable`): ticks come from the run record, not a ledger
+    fast_failover: bool = True  # the replicas sense a dead leader (a crash then takes ~1 s, not the lease)
 
 
 def free_port() -> int:
@@ -198,7 +199,8 @@ class Harness:
             self.replicas = RecordReplicaSet(workdir, config, self.access.credentials, args, HISTORY_SIZE)
         else:
             self.replicas = ReplicaSet(workdir, "", namespace, args, hold_s=self.hold_s)
-        self.run = ScenarioRun(scenario, workdir, namespace, time.monotonic(), user_job=self.job)
+        self.run = ScenarioRun(scenario, workdir, namespace, time.monotonic(), user_job=self.job,
+                               fast_failover="--no-fast-failover" not in self.options.args)
         self._watch_stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch_leader_key, args=(self.run, self._watch_stop),
                                          daemon=True, name="chaos-key-watch")

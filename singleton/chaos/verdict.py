@@ -72,6 +72,8 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
                                       f"{skew_s:+g} s from its own, without a 'clock skew' warning")
     elif ev.kind == "hung":
         _check_hung(ev, ticks, timings, verdict, run)
+    elif ev.kind == "revoke":
+        _check_revoked(ev, ticks, verdict, new)
     elif ev.kind in ("crash", "pause", "partition"):
         if new is None:
             verdict.violations.append(f"{ev.name}: no takeover")
@@ -79,8 +81,21 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
         took = new.start_mono - ev.at_mono
         verdict.takeovers_s.append(took)
         verdict.takeovers_by_kind.setdefault(ev.kind, []).append(took)
-        if took > ttl + 1 + SLACK_S:
+        if ev.kind == "crash" and run.fast_failover:
+            if took > FAST_CRASH_BOUND_S + SLACK_S:
+                verdict.violations.append(f"{ev.name}: takeover after {took:.2f} s > {FAST_CRASH_BOUND_S:g} s "
+                                          f"(fast failover)")
+        elif took > ttl + 1 + SLACK_S:
             verdict.violations.append(f"{ev.name}: takeover after {took:.2f} s > lease {ttl:g} s + 1 s")
+        # A live leader's lease lapses no sooner than this after its last renewal: a faster takeover from a
+        # paused or cut-off leader means a standby revoked a lease it should not have (a false death).
+        lapses_after = ttl - timings.keepalive_interval_s - timings.renewal_timeout_s - SLACK_S
+        if ev.kind in ("pause", "partition") and took < lapses_after:
+            verdict.violations.append(f"{ev.name}: takeover after {took:.2f} s, before the lease could lapse "
+                                      f"({lapses_after:.1f} s): was a live leader's lease revoked?")
+        if ev.kind in ("pause", "partition") and _sensed_dead(run, ev.old_leader):
+            verdict.violations.append(f"{ev.name}: a standby took the live {ev.old_leader} for dead and revoked "
+                                      f"its lease")
         if ev.kind == "partition":
             # The cut term's ticks only: after healing, the same replica may win a later term fairly.
             term = next((t.token for t in reversed(ticks) if t.replica == ev.old_leader and t.start_mono <= ev.at_mono),
@@ -104,6 +119,36 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
     if not any(healed < t.start_mono <= healed + bound for t in ticks):
         verdict.violations.append(f"{ev.name}: ticking did not resume within {bound:g} s after healing")
 
+
+def _sensed_dead(run: ScenarioRun, replica: str | None) -> bool:
+    """A standby's log says it sensed `replica`'s death (fast failover revoked its lease)."""
+    line = f"leader {replica} is dead"
+    return any(line in log.read_text(errors="replace") for log in run.workdir.glob("*.log"))
+
+
+def _check_revoked(ev: FaultEvent, ticks: list[Tick], verdict: Verdict, new: Tick | None) -> None:
+    """A live leader whose lease was revoked by hand runs no slot claimed after the revoke, and a standby takes
+    over at once (the key went with the lease)."""
+    if new is None:
+        verdict.violations.append(f"{ev.name}: no takeover")
+        return
+    took = new.start_mono - ev.at_mono
+    verdict.takeovers_s.append(took)
+    verdict.takeovers_by_kind.setdefault(ev.kind, []).append(took)
+    if took > FAST_CRASH_BOUND_S + SLACK_S:
+        verdict.violations.append(f"{ev.name}: takeover after {took:.2f} s > {FAST_CRASH_BOUND_S:g} s")
+    term = next((t.token for t in reversed(ticks) if t.replica == ev.old_leader and t.start_mono <= ev.at_mono), None)
+    after = [t for t in ticks if t.replica == ev.old_leader and t.token == term and t.start_mono > ev.at_mono]
+    # Only the slot claimed just before the revoke (claims go ~0.25 s ahead of their slot) may still start.
+    late = [t for t in after if t.start_mono - (ev.healed_at_mono or ev.at_mono) > CLAIM_AHEAD_BOUND_S]
+    if len(after) > 1 or late:
+        verdict.violations.append(f"{ev.name}: the revoked leader ran slot(s) {[t.slot for t in after]} after its "
+                                  f"lease was revoked")
+
+
+# A crash costs this with fast failover: sensing (milliseconds), revoke, campaign, up to a second to the next slot.
+FAST_CRASH_BOUND_S = 1.5
+CLAIM_AHEAD_BOUND_S = 0.25 + SLACK_S
 
 # Replicas started with clocks this far apart (ReplicaOptions.clock_offsets_s) must log the skew at a handover
 # (the replica warns above core.runs.SKEW_WARNING_S; the handover measures it to within the watch's delivery).

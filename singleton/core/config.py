@@ -96,6 +96,15 @@ class Config:
     # worker is busy is skipped and counted (pool_full), never queued. 8: a few slow jobs cannot starve the rest, and
     # idle threads cost ~8 MB of address space each, little real memory.
     workers: int = 8
+    # Fast failover: standbys hold a TCP connection to the leader's sensing listener and revoke its lease when the
+    # process is gone (runtime/sensing.py). The listener binds sense_host:sense_port (0: a free port); standbys
+    # dial advertise_host ("": $POD_IP, else sense_host unless a wildcard, else this host's name resolved).
+    fast_failover: bool = True
+    # All interfaces, so standbys on other hosts reach it; SINGLETON_SENSE_HOST (the CLI's variable) narrows it
+    # for a library user too (the test suite sets 127.0.0.1).
+    sense_host: str = field(default_factory=lambda: os.environ.get("SINGLETON_SENSE_HOST", "0.0.0.0"))
+    sense_port: int = 0
+    advertise_host: str = ""
     # TLS files (paths) and etcd auth; the password itself never comes from a flag.
     cacert: str | None = None
     cert: str | None = None
@@ -182,6 +191,8 @@ class Config:
             raise SettingError("{history_size} must be from 1 to 10000 runs", {"history_size": self.history_size})
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or not 1 <= self.workers <= 1024:
             raise SettingError("{workers} must be a whole number from 1 to 1024", {"workers": self.workers})
+        if not 0 <= self.sense_port <= 65535:
+            raise ConfigError(f"sensing port must be from 0 to 65535 (got {self.sense_port})")
         if self.job_timeout_s is not None and self.job_timeout_s <= 0:
             raise SettingError("{job_timeout_s} must be > 0 seconds, or unset for none",
                                {"job_timeout_s": self.job_timeout_s})

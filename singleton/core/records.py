@@ -17,9 +17,13 @@ __all__ = ["Handover", "LeaderRecord", "RunEntry", "RunRecord", "leader_record",
 M = TypeVar("M", bound=Message)
 
 
-def leader_record(replica_id: str, lease_id: int, elected_at_unix_s: float, jobs: Sequence[str] = ()) -> bytes:
+def leader_record(replica_id: str, lease_id: int, elected_at_unix_s: float, sense_address: str = "",
+                  sense_nonce: str = "", jobs: Sequence[str] = ()) -> bytes:
+    """`sense_address` empty: standbys cannot sense this leader's death (fast failover off); a record written by a
+    version without it decodes the same way. `jobs`: the named jobs this replica runs (for job control's checks)."""
     return LeaderRecord(replica_id=replica_id, host=socket.gethostname(), pid=os.getpid(),
-                        elected_at_unix_s=elected_at_unix_s, lease_id=lease_id, jobs=jobs).SerializeToString()
+                        elected_at_unix_s=elected_at_unix_s, lease_id=lease_id, sense_address=sense_address,
+                        sense_nonce=sense_nonce, jobs=jobs).SerializeToString()
 
 
 def _decode(message: type[M], data: bytes) -> M | None:

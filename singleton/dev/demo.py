@@ -1,7 +1,8 @@
 """`singleton demo`: a local etcd, 3 replicas of `singleton run`, a live view, and two failovers.
 
 Phase 1 runs normally; then the leader gets SIGTERM (graceful handover: the next second is the
-standby's); then the new leader gets SIGKILL (crash: a standby takes over once the lease lapses).
+standby's); then the new leader gets SIGKILL (crash: a standby senses the death and revokes its lease, and
+takes over about a second later; without fast failover it would wait for the lease to lapse).
 Everything it starts, it stops; its temp dir goes too (the logs stay if a check failed).
 """
 from __future__ import annotations
@@ -110,7 +111,8 @@ def _failovers(rs: ReplicaSet, phase_s: float) -> int:
     for action, sig, bound_s, waiting in (  # bound_s: + 2 s, then the demo says no standby took over
             ("SIGTERM (graceful handover)", signal.SIGTERM, 3.0, "waiting for the handover: the next second"),
             ("SIGKILL (crash)", signal.SIGKILL, 8.0,
-             f"waiting for the dead leader's lease to lapse: up to {lapse_s:g} s")):
+             f"waiting for a standby to sense the death and revoke the dead leader's lease: about a second "
+             f"(without fast failover: the lease, up to {lapse_s:g} s)")):
         leader = rs.current_leader()
         if leader is None:
             _say("no replica ticked; see the replica logs")
@@ -134,5 +136,5 @@ def _summary(rs: ReplicaSet) -> int:
     missed = missed_slots(ticks)
     _say(f"summary: {len(ticks)} ticks by {len({t.replica for t in ticks})} replicas; "
          + ", ".join(f"{k}: {v}" for k, v in problems.items())
-         + f"; seconds without a tick: {len(missed)} (the crash failover waits for the lease)")
+         + f"; seconds without a tick: {len(missed)} (a crash costs about a second)")
     return 0 if not any(problems.values()) else 1

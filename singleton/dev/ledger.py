@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ FAIL_EVERY_ENV = "SINGLETON_LEDGER_FAIL_EVERY"  # raise after every Nth slot (0:
 # A file whose existence arms one hang: the first tick (of any replica sharing the path) that removes it
 # never returns and ignores its cancel signal, as a job stuck in a call without a timeout would.
 HANG_FILE_ENV = "SINGLETON_LEDGER_HANG_FILE"
+# The same for a crash: the tick that removes this file kills its own process (SIGKILL) halfway through its work.
+CRASH_FILE_ENV = "SINGLETON_LEDGER_CRASH_FILE"
 
 
 class TickFailed(RuntimeError):
@@ -37,9 +40,9 @@ def _append(path: str, record: dict[str, object]) -> None:
         os.close(fd)
 
 
-def _claim_hang() -> bool:
+def _claim_hang(env: str = HANG_FILE_ENV) -> bool:
     """True for exactly one tick per arming: unlink succeeds for one process only."""
-    hang_file = os.environ.get(HANG_FILE_ENV)
+    hang_file = os.environ.get(env)
     if not hang_file:
         return False
     try:
@@ -59,6 +62,9 @@ def record_tick(ctx: TickContext) -> None:
     _append(path, {**base, "ev": "start", "mono": time.monotonic(), "wall": time.time(), **flag})
     while hang:  # never ends, cancel or not: only killing the process stops it
         time.sleep(3600)
+    if _claim_hang(CRASH_FILE_ENV):
+        time.sleep(float(os.environ.get(HOLD_ENV, "0.05")) / 2)
+        os.kill(os.getpid(), signal.SIGKILL)  # a crash inside the job: the whole process dies
     ctx.cancel_event.wait(float(os.environ.get(HOLD_ENV, "0.05")))
     _append(path, {**base, "ev": "end", "mono": time.monotonic(), "wall": time.time(), "cancelled": ctx.cancelled})
     fail_every = int(os.environ.get(FAIL_EVERY_ENV, "0"))

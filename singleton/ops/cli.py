@@ -148,7 +148,8 @@ def cmd_run(args: argparse.Namespace, given: set[str]) -> int:
                          job_cancel_grace_s=args.job_cancel_grace,
                          run_record=_on_off("--run-record", args.run_record), catch_up=args.catch_up,
                          catch_up_window_s=args.catch_up_window, history_size=args.history_size,
-                         workers=args.workers, **extra)
+                         workers=args.workers, fast_failover=args.fast_failover, sense_host=args.sense_host,
+                         sense_port=args.sense_port, advertise_host=args.advertise_host, **extra)
     except SettingError as err:
         raise ConfigError(describe_setting_error(err, given)) from None
     job = load_job(args.job)  # all checked before anything touches etcd

@@ -19,13 +19,13 @@ ENV_PREFIX = "SINGLETON_"
 # tests/test_cli.py checks that every SINGLETON_* name in the package is an option or listed here.
 OTHER_ENV = ("SINGLETON_PASSWORD", "SINGLETON_LEDGER", "SINGLETON_LEDGER_HOLD_S", "SINGLETON_LEDGER_FAIL_EVERY",
              "SINGLETON_LEDGER_HANG_FILE", "SINGLETON_CHAOS_CLOCK_FILE", "SINGLETON_CHAOS_ON_ELECTED_S",
-             "SINGLETON_CHAOS_ON_STEPPED_DOWN_S", "SINGLETON_CHAOS_BROKEN_KEEPS_RECORD")
+             "SINGLETON_CHAOS_ON_STEPPED_DOWN_S", "SINGLETON_CHAOS_BROKEN_KEEPS_RECORD", "SINGLETON_LEDGER_CRASH_FILE")
 # `singleton chaos --scenarios`; tests/test_cli.py checks it against singleton.chaos.scenarios.SCENARIOS
 # (importing that here would load the whole chaos harness for every command).
 CHAOS_SCENARIOS = ("sigkill-leader", "sigterm-leader", "sigstop-leader", "partition-leader", "kill-leader-member",
                    "kill-raft-leader", "quorum-loss", "cluster-restart", "slow-job", "slow-job-past-lease",
-                   "raising-job", "clock-step", "herd", "rolling-restart", "handover-clock-ahead", "hung-job",
-                   "slow-callback-partition", "skewed-clocks")
+                   "raising-job", "clock-step", "herd", "revoke-live-leader", "rolling-restart", "handover-clock-ahead",
+                   "hung-job", "slow-callback-partition", "skewed-clocks")
 
 
 class UsageError(Exception):
@@ -85,6 +85,19 @@ def _option(parser: _Parser, flag: str, *, type: Callable[[str], Any] = str, def
                         f"[env {env}]")
 
 
+def _switch(parser: _Parser, flag: str, *, default: bool, help: str) -> None:
+    """`--x/--no-x`, whose default its variable may set (on/off, true/false, 1/0)."""
+    env = env_name(flag)
+    parser.env_options[env] = flag
+    if env in os.environ:
+        value = os.environ[env].strip().lower()
+        if value not in ("on", "off", "true", "false", "1", "0", "yes", "no"):
+            parser.error(f"{env}={os.environ[env]!r} must be on or off")
+        default = value in ("on", "true", "1", "yes")
+    parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default,
+                        help=f"{help} (default: {'on' if default else 'off'}) [env {env}]")
+
+
 def _add_connection(parser: _Parser) -> None:
     _option(parser, "--endpoints", required=True, help="etcd endpoints, comma-separated http://HOST:PORT")
     _option(parser, "--name", required=True, help="the job's name: replicas with the same name share one leader")
@@ -126,6 +139,12 @@ def _add_run(run: _Parser) -> None:
     _option(run, "--history-size", type=int, default=100, help="runs kept in etcd for `singleton history`")
     _option(run, "--workers", type=int, default=8, help="pre-started threads that run sync jobs; a slot due while "
             "all are busy is skipped and counted (pool_full), never queued")
+    _switch(run, "--fast-failover", default=True, help="standbys sense the leader's death (its sensing socket "
+            "closes and its port refuses) and revoke its lease: a crash costs about a second, not the lease")
+    _option(run, "--sense-host", default="0.0.0.0", help="address the fast-failover sensing listener binds")
+    _option(run, "--sense-port", type=int, default=0, help="its port (0: a free one; the leader record says which)")
+    _option(run, "--advertise-host", default="", help="host or IP the other replicas reach this one at "
+            "(default: $POD_IP, else --sense-host unless 0.0.0.0, else this host's name resolved)")
     _option(run, "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     _option(run, "--log-format", default="text", help="text, or json (one object per line)")
     _option(run, "--http-host", default="0.0.0.0", help="address of the /metrics, /healthz, /readyz server")

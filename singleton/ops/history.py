@@ -41,7 +41,8 @@ def read_history(backend: Backend, config: Config, limit: int, timeout_s: float 
             "control_events": read_events(backend, config, job, limit, timeout_s)}
 
 
-def show_history(backend: Backend, config: Config, *, as_json: bool, limit: int, job: str | None = None) -> int:
+def show_history(backend: Backend, config: Config, *, as_json: bool, limit: int,
+                 job: str | None = None) -> int:
     history = read_history(backend, config, limit, job=job)
     if as_json:
         print(json.dumps(history, indent=2))

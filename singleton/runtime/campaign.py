@@ -18,6 +18,7 @@ from singleton.core.errors import BackendError, WatchCompacted
 from singleton.core.lease import LeaseKeeper
 from singleton.core.records import Handover, decode_handover, decode_leader, leader_record
 from singleton.core.repeats import RepeatedFailures
+from singleton.runtime.sensing import Sensor
 from singleton.runtime.telemetry import tracer
 
 log = logging.getLogger("singleton")
@@ -45,6 +46,8 @@ class Campaigner:
         self.job_names: Callable[[], list[str]] = list  # the named jobs, published in the leader record
         self._vacancy_revision: int | None = None  # revision of the leader-key delete that ended our wait
         self._vacancy_seen_at: float | None = None  # monotonic time we saw it
+        self.sensing: tuple[str, str] | None = None  # our listener's (address, nonce), for our leader record
+        self.sensor: Sensor | None = None  # while standing by: the sensing of the current leader's death
         where = ",".join(map(str, config.endpoints))
         self._failures = RepeatedFailures(log, f"etcd not usable at {where}", clock=clock.monotonic)
 
@@ -102,8 +105,9 @@ class Campaigner:
             self.election.campaign_failed()
             raise
         try:
-            result = self.backend.campaign(cfg.leader_key, leader_record(cfg.replica_id, lease.lease_id,
-                                                                         self.clock.wall(), self.job_names()),
+            record = leader_record(cfg.replica_id, lease.lease_id, self.clock.wall(), *(self.sensing or ("", "")),
+                                   jobs=self.job_names())
+            result = self.backend.campaign(cfg.leader_key, record,
                                            lease.lease_id, cfg.call_timeout_s,
                                            also_read=(cfg.handover_key, cfg.run_key))
         except BackendError:
@@ -147,7 +151,32 @@ class Campaigner:
             return  # vanished between our transaction and now: campaign again at once
         log.info("standing by: token %d holds %s", lost.leader.create_revision, self.config.leader_key)
         self._warn_if_our_id(lost.leader)
-        start = lost.revision + 1
+        self._sense(lost.leader)
+        try:
+            self._watch_for_vacancy(lost.revision + 1)
+        finally:
+            self._sense(None)
+
+    def _sense(self, leader: KeyValue | None) -> None:
+        """Sense the death of `leader`'s process (None: stop sensing). A sensed death revokes its lease, which
+        deletes the key: the watch below sees that as any vacancy (not a handover: no handover record)."""
+        if self.sensor is not None:
+            if leader is not None and self.sensor.lease_id == leader.lease_id:
+                return  # the same term
+            self.sensor.stop()
+            self.sensor = None
+        record = decode_leader(leader.value) if leader is not None and self.config.fast_failover else None
+        if (leader is None or record is None or not record.sense_address or record.lease_id != leader.lease_id
+                or (self.sensing is not None and record.sense_nonce == self.sensing[1])):
+            return  # off here, a leader that offers no sensing (off there, an older version), or our own record
+        try:
+            self.sensor = Sensor(record.sense_address, record.sense_nonce, leader.lease_id, self.backend,
+                                 self.clock, self.config.call_timeout_s, record.replica_id,
+                                 self.config.leader_key).start()
+        except ValueError as err:
+            log.warning("not sensing leader %s: %s", record.replica_id, err)
+
+    def _watch_for_vacancy(self, start: int) -> None:
         while not self._stop.is_set():
             try:
                 for event in self.backend.watch(self.config.leader_key, start, self._stop):
@@ -158,6 +187,7 @@ class Campaigner:
                         self._see_leader(None)
                         return
                     self._see_leader(event.kv)
+                    self._sense(event.kv)
                     record = decode_leader(event.kv.value)
                     log.info("leader changed: %s token %d", record.replica_id if record else "?",
                              event.kv.create_revision)
@@ -170,4 +200,5 @@ class Campaigner:
                     return
                 if kv is None:
                     return
+                self._sense(kv)
                 start = revision + 1

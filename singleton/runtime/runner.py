@@ -18,6 +18,7 @@ from singleton.core.errors import ConfigError
 from singleton.core.jobspec import JobSpec
 from singleton.runtime.campaign import Campaigner, Won
 from singleton.runtime.jobs import JobFn, TickContext, outcome
+from singleton.runtime.sense_listener import SenseListener
 from singleton.runtime.leadership import Leadership
 from singleton.runtime.registry import JobRegistry, job_decorator
 from singleton.runtime.tracks import AllJobs
@@ -135,6 +136,7 @@ class Singleton(StatusMixin):
         if not len(self._registry) and not self.gate_only:
             raise TypeError("no job registered: pass job= or decorate a function with @singleton.job "
                             "(or gate_only=True to lead without jobs)")
+        listener = self._listen_for_sensing()
         restore = self._install_signal_handlers() if handle_signals and \
             threading.current_thread() is threading.main_thread() else {}
         for name in ([] if self._registry.legacy else self._registry.names):
@@ -159,10 +161,27 @@ class Singleton(StatusMixin):
             self._listeners.drain(self.config.stop_timeout_s)
             self._listeners.close()
             self._registry.close()
+            if listener is not None:
+                listener.close()  # after the handover: only now may the standbys see our sockets close
             self.backend.close()
             for signum, previous in restore.items():
                 signal.signal(signum, previous)
             log.info("replica %s stopped", self.config.replica_id)
+
+    def _listen_for_sensing(self) -> SenseListener | None:
+        """Fast failover: a listener standbys connect to, for as long as this process runs (its death closes it)."""
+        cfg = self.config
+        if not cfg.fast_failover:
+            return None
+        try:
+            listener = SenseListener(cfg.sense_host, cfg.sense_port, cfg.advertise_host).start()
+        except OSError as err:
+            raise ConfigError(f"cannot listen for fast failover on {cfg.sense_host}:{cfg.sense_port}: "
+                              f"{os.strerror(err.errno).lower() if err.errno else err}; give another --sense-port or --sense-host "
+                              f"(or --no-fast-failover)") from None
+        self._campaigner.sensing = (listener.address, listener.nonce)
+        log.info("fast failover: standbys sense this replica's death at %s", listener.address)
+        return listener
 
     def _wait_for_job_to_end(self, jobs: AllJobs) -> bool:
         """A job that ignored its cancel still runs: do not stand for election beside it. False if stopped."""

@@ -103,7 +103,7 @@ class StatusMixin(GaugeSource):
                 "workers_busy": float(pool.busy) if (pool := self._registry.pool) is not None else 0.0}
 
     def _job_overdue_s(self) -> float:
-        running = self._jobs.running() if self._jobs is not None else None
+        running = self._jobs.hung_candidate() if self._jobs is not None else None
         if running is None or running.cancelled_at is None:
             return 0.0
         return max(0.0, self.clock.monotonic() - running.cancelled_at)

@@ -45,8 +45,8 @@ _gauge_sources: weakref.WeakSet[GaugeSource] = weakref.WeakSet()
 class GaugeSource:
     replica_id: str
 
-    def gauge_values(self) -> dict[str, float]:  # is_leader, fencing_token, lease_remaining, clock_skew,
-        # job_overdue, workers_busy
+    def gauge_values(self) -> dict[str, float]:  # is_leader, fencing_token, lease_remaining, clock_skew, job_overdue,
+        # workers_busy
         raise NotImplementedError
 
 
@@ -62,11 +62,11 @@ meter.create_observable_gauge("singleton.fencing_token", [_observe("fencing_toke
                               description="The current term's fencing token (0 when not leading)")
 meter.create_observable_gauge("singleton.clock_skew", [_observe("clock_skew")], unit="s",
                               description="The last leader's wall clock minus ours, as measured at our last takeover")
+meter.create_observable_gauge("singleton.workers_busy", [_observe("workers_busy")],
+                              description="Workers of the pool running a sync job now; a hung job keeps its worker")
 meter.create_observable_gauge("singleton.job_overdue", [_observe("job_overdue")], unit="s",
                               description="How long the running tick has gone on since it was told to cancel (past "
                                           "its --job-timeout, or at a step-down); 0 when none is")
-meter.create_observable_gauge("singleton.workers_busy", [_observe("workers_busy")],
-                              description="Workers of the pool running a sync job now; a hung job keeps its worker")
 meter.create_observable_gauge("singleton.lease_remaining", [_observe("lease_remaining")], unit="s",
                               description="Lease left, by the leader's local monotonic clock (0 when not leading)")
 

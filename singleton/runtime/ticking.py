@@ -19,7 +19,8 @@ from singleton.core.lease import StepDownReason
 from singleton.core.records import Handover
 from singleton.core.runs import CatchUp, plan_catch_up_for
 from singleton.core.term import JobVerdict, job_deadline, job_verdict
-from singleton.core.ticker import CLAIM_AHEAD_S, MAX_LATENESS_S, SlotPlan, Verdict, check_due, first_schedule_plan, next_schedule_plan
+from singleton.core.ticker import (CLAIM_AHEAD_S, MAX_LATENESS_S, SlotPlan, Verdict, check_due, first_schedule_plan,
+                                   next_schedule_plan)
 from singleton.runtime.jobs import TickContext
 from singleton.runtime.pool import PoolFull
 from singleton.runtime.runs import ClaimOutcome, Prepared, claim_together
@@ -225,6 +226,7 @@ class Ticker:
     def _serve(self, ready: list[Track], mono: float, wall: float) -> StepDownReason | None:
         clock = self.clock
         claims: list[tuple[Track, float]] = []  # (track, how long its claim may take)
+        handled: list[Track] = []  # run, or skipped and counted: on to their next slot
         for track in sorted(ready, key=lambda t: t.plan.wake_at if t.plan else 0.0):
             plan, chain = track.plan, track.chain
             assert plan is not None
@@ -268,8 +270,14 @@ class Ticker:
                 if reason is not None:
                     return reason
                 self._start(track, plan.slot, plan.scheduled_at, due.lateness_s, wall)
-            track.plan = next_schedule_plan(track.spec.schedule, plan.slot, clock.wall(), clock.monotonic(),
-                                            track.name, track.spec.jitter_s, _handled_wall(plan, clock.wall(), clock.monotonic()))
+            handled.append(track)
+        # The next plans after every start of this pass: for cron each is a walk to the next fire time, and the runs
+        # due now should not wait for the others' arithmetic.
+        for track in handled:
+            assert track.plan is not None
+            track.plan = next_schedule_plan(track.spec.schedule, track.plan.slot, clock.wall(), clock.monotonic(),
+                                            track.name, track.spec.jitter_s,
+                                            _handled_wall(track.plan, clock.wall(), clock.monotonic()))
         return self._claim_now_or_ahead(claims) if claims else None
 
     def _claim_now_or_ahead(self, claims: list[tuple[Track, float]]) -> StepDownReason | None:
@@ -290,7 +298,8 @@ class Ticker:
                 self.stats.tick("unclaimed", job=track.label)
                 self.stats.missed("unclaimed", 1, track.label)
                 track.plan = next_schedule_plan(track.spec.schedule, plan.slot, clock.wall(), clock.monotonic(),
-                                                track.name, track.spec.jitter_s, _handled_wall(plan, clock.wall(), clock.monotonic()))
+                                                track.name, track.spec.jitter_s,
+                                                _handled_wall(plan, clock.wall(), clock.monotonic()))
         return None
 
     def _claim_together(self, claims: list[tuple[Track, float]]) -> list[ClaimOutcome]:

@@ -1,9 +1,12 @@
 """A TCP proxy that can be cut: while cut it *blackholes* (holds connections open, moves no bytes), as a
-network partition does, rather than resetting them, which clients notice at once."""
+network partition does, rather than resetting them, which clients notice at once. `reset()` does the other
+thing: it resets the connections it holds (RST to the client), as a middlebox that drops its state does, and
+goes on accepting new ones."""
 from __future__ import annotations
 
 import select
 import socket
+import struct
 import threading
 
 from singleton.dev.embedded import free_port
@@ -16,6 +19,7 @@ class CuttableProxy:
         self._flowing = threading.Event()
         self._flowing.set()
         self._closed = threading.Event()
+        self._resets = 0  # bumped by reset(): connections made before are reset by their thread
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
@@ -30,6 +34,11 @@ class CuttableProxy:
     def cut(self) -> None:
         """Blackhole: existing and new connections stay open but no byte moves either way."""
         self._flowing.clear()
+
+    def reset(self) -> None:
+        """Reset every connection held now (the client gets an RST; upstream sees its side closed)."""
+        with self._lock:
+            self._resets += 1
 
     def heal(self) -> None:
         self._flowing.set()
@@ -58,6 +67,7 @@ class CuttableProxy:
     def _serve(self, client: socket.socket) -> None:
         with self._lock:
             self._sockets.add(client)
+            generation = self._resets
         # A connection made while cut waits here, as a SYN into a partition would.
         while not self._flowing.wait(0.2):
             if self._closed.is_set():
@@ -72,17 +82,21 @@ class CuttableProxy:
         pairs = {client: upstream, upstream: client}
         try:
             while not self._closed.is_set():
+                if self._resets != generation:
+                    # Linger 0: close() sends an RST instead of a FIN.
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
                 if not self._flowing.is_set():
                     self._flowing.wait(0.2)  # hold everything: bytes stay in the kernel buffers
                     continue
                 readable, _, _ = select.select(list(pairs), [], [], 0.2)
                 for sock in readable:
                     data = sock.recv(65536)
+                    if not self._flowing.is_set():
+                        # Cut while we held this chunk (or this close): deliver it only after healing, never drop it.
+                        self._flowing.wait()
                     if not data:
                         return
-                    if not self._flowing.is_set():
-                        # Cut while we held this chunk: deliver it only after healing, never drop it.
-                        self._flowing.wait()
                     pairs[sock].sendall(data)
         except OSError:
             pass

@@ -29,6 +29,8 @@ class LeaderRecord(_message.Message):
     PID_FIELD_NUMBER: _builtins.int
     ELECTED_AT_UNIX_S_FIELD_NUMBER: _builtins.int
     LEASE_ID_FIELD_NUMBER: _builtins.int
+    SENSE_ADDRESS_FIELD_NUMBER: _builtins.int
+    SENSE_NONCE_FIELD_NUMBER: _builtins.int
     JOBS_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     host: _builtins.str
@@ -36,6 +38,14 @@ class LeaderRecord(_message.Message):
     elected_at_unix_s: _builtins.float
     """Wall-clock time the replica won this term, in Unix seconds."""
     lease_id: _builtins.int
+    sense_address: _builtins.str
+    """Where standbys hold a TCP connection to sense this leader's death (host:port); empty: no sensing
+    (fast failover off, or a version without it). See runtime/sensing.py.
+    """
+    sense_nonce: _builtins.str
+    """Sent by the sensing listener on every connection, so a standby knows it reached this very process
+    (not a successor on a reused port, nor something else listening there).
+    """
     @_builtins.property
     def jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The named jobs this replica runs (so `singleton pause --job J` can tell a misspelt J from a job not run yet)."""
@@ -48,11 +58,13 @@ class LeaderRecord(_message.Message):
         pid: _builtins.int = ...,
         elected_at_unix_s: _builtins.float = ...,
         lease_id: _builtins.int = ...,
+        sense_address: _builtins.str = ...,
+        sense_nonce: _builtins.str = ...,
         jobs: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elected_at_unix_s", b"elected_at_unix_s", "host", b"host", "jobs", b"jobs", "lease_id", b"lease_id", "pid", b"pid", "replica_id", b"replica_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elected_at_unix_s", b"elected_at_unix_s", "host", b"host", "jobs", b"jobs", "lease_id", b"lease_id", "pid", b"pid", "replica_id", b"replica_id", "sense_address", b"sense_address", "sense_nonce", b"sense_nonce"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
