@@ -352,6 +352,48 @@ def test_get_many_reads_more_keys_than_one_transaction_holds(backend: Backend, n
     assert len(found) == 130 and found[keys[129]].value == keys[129].encode()
 
 
+def test_compare_and_put_writes_only_while_every_key_is_unchanged(backend: Backend, name: str) -> None:
+    """Job control's writes (singleton pause/resume/skip-next/trigger): a compare-and-swap over mod revisions."""
+    a, b = f"/c/{name}/control/a", f"/c/{name}/jobs/a/events/1"
+    first = backend.compare_and_put([(a, 0)], {a: b"one", b: b"e1"}, T)  # 0: the key must be absent
+    assert first is not None
+    kv, _ = backend.get(a, T)
+    assert kv is not None and kv.value == b"one" and kv.mod_revision == first
+    assert backend.compare_and_put([(a, 0)], {a: b"stale"}, T) is None  # it exists now
+    assert backend.compare_and_put([(a, first - 1)], {a: b"stale"}, T) is None
+    second = backend.compare_and_put([(a, first)], {a: b"two"}, T)
+    assert second is not None and second > first
+    assert backend.get(a, T)[0].value == b"two" and backend.get(b, T)[0].value == b"e1"
+
+
+def test_prefix_watch_sees_every_key_under_the_prefix_only(backend: Backend, name: str) -> None:
+    base = f"/c/{name}/control"
+    start = backend.compare_and_put([], {f"/c/{name}/other": b"x"}, T)
+    assert start is not None
+    backend.compare_and_put([], {base: b"legacy"}, T)
+    backend.compare_and_put([], {f"{base}/job1": b"one"}, T)
+    backend.compare_and_put([], {f"/c/{name}/run": b"not control"}, T)
+    events = collect_prefix(backend, base, start + 1, 2)
+    assert [(e.kv.key, e.kv.value) for e in events] == [(base, b"legacy"), (f"{base}/job1", b"one")]
+
+
+def collect_prefix(backend: Backend, prefix: str, start: int, n: int, timeout_s: float = 5.0) -> list:
+    stop, out = threading.Event(), []
+
+    def run() -> None:
+        for ev in backend.watch(prefix, start, stop, prefix=True):
+            out.append(ev)
+            if len(out) >= n:
+                return
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    stop.set()
+    t.join(2)
+    return out
+
+
 def test_a_lease_revoked_by_another_client_fences_its_holder(backend: Backend, name: str,
                                                             request: pytest.FixtureRequest) -> None:
     """Fast failover's safety: a standby revokes the lease of a leader it believes dead. Were that leader alive,

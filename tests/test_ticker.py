@@ -263,14 +263,17 @@ def leadership_with_record(clock: FakeClock, jobs: FakeJobs, run_for_s: float,
     lease = backend.grant_lease(10, 1.0)
     won = backend.campaign(cfg.leader_key, b"r1", lease.lease_id, 1.0, also_read=(cfg.run_key,))
     claims: list[tuple[int, float]] = []
-    original = backend.claim
 
-    def claim(*args, **kwargs):  # type: ignore[no-untyped-def]
-        revision = original(*args, **kwargs)
-        claims.append((decode_run(args[3][cfg.run_key]).slot, clock.wall()))  # type: ignore[union-attr]
-        return revision
+    def intercept(original):  # type: ignore[no-untyped-def]
+        def claim(*args, **kwargs):  # type: ignore[no-untyped-def]
+            revision = original(*args, **kwargs)
+            claims.append((decode_run(args[3][cfg.run_key]).slot, clock.wall()))  # type: ignore[union-attr]
+            return revision
+        return claim
 
-    backend.claim = claim  # type: ignore[method-assign]
+    # A claim that also compares the job's control record (runtime.control) goes through claim_all.
+    backend.claim = intercept(backend.claim)  # type: ignore[method-assign]
+    backend.claim_all = intercept(backend.claim_all)  # type: ignore[method-assign]
     keeper = LeaseKeeper(lease.lease_id, 10.0, clock.monotonic(), min_remaining_ttl_s=2.0, max_failed_renewals=2)
     election = Election()
     election.campaign()

@@ -122,8 +122,14 @@ class Backend(ABC):
         """One transaction: while we still lead, write the handover record (and `also_put`), delete the leader key."""
 
     @abstractmethod
-    def watch(self, key: str, start_revision: int, stop: threading.Event) -> Iterator[WatchEvent]:
-        """Events on `key` from `start_revision` on, until `stop` is set.
+    def compare_and_put(self, compares: list[Claim], puts: dict[str, bytes], timeout_s: float) -> int | None:
+        """One transaction: put `puts` (no lease) only while every compared key still has its mod revision (0:
+        absent). Returns the transaction's revision, or None when refused. For operators' writes (job control)."""
+
+    @abstractmethod
+    def watch(self, key: str, start_revision: int, stop: threading.Event,
+              prefix: bool = False) -> Iterator[WatchEvent]:
+        """Events on `key` (with `prefix`: on every key starting with it) from `start_revision` on, until `stop` is set.
 
         Survives the loss of the member it is attached to: it restarts elsewhere from the last
         revision it delivered, so no event is lost. Raises WatchCompacted when that history is gone.

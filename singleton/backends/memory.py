@@ -216,14 +216,27 @@ class MemoryBackend(Backend):
         ops += [(handover_key, handover, 0), (leader_key, None, 0)]
         return self._guarded(leader_key, fencing_token, ops, timeout_s) is not None
 
-    def watch(self, key: str, start_revision: int, stop: threading.Event) -> Iterator[WatchEvent]:
+    def compare_and_put(self, compares: list[Claim], puts: dict[str, bytes], timeout_s: float) -> int | None:
+        self._enter(timeout_s)
+        with self._cond:
+            self._expire_locked()
+            for key, revision in compares:
+                held = self._kv.get(key)
+                if (held.mod_revision if held else 0) != revision:
+                    return None
+            self._commit_locked([(k, v, 0) for k, v in puts.items()])
+            return self._revision
+
+    def watch(self, key: str, start_revision: int, stop: threading.Event,
+              prefix: bool = False) -> Iterator[WatchEvent]:
         next_revision = start_revision
         while not stop.is_set():
             with self._cond:
                 self._expire_locked()
                 if next_revision < self._compacted:  # etcd: the compaction revision itself is still there
                     raise WatchCompacted(f"revision {next_revision} is compacted (at {self._compacted})")
-                ready = [e for e in self._history if e.revision >= next_revision and e.kv.key == key]
+                ready = [e for e in self._history if e.revision >= next_revision
+                         and (e.kv.key.startswith(key) if prefix else e.kv.key == key)]
                 if not ready:
                     # Short waits so leases expire on time and `stop` is noticed.
                     self._cond.wait(0.02)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Sequence
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
@@ -17,12 +18,12 @@ M = TypeVar("M", bound=Message)
 
 
 def leader_record(replica_id: str, lease_id: int, elected_at_unix_s: float, sense_address: str = "",
-                  sense_nonce: str = "") -> bytes:
+                  sense_nonce: str = "", jobs: Sequence[str] = ()) -> bytes:
     """`sense_address` empty: standbys cannot sense this leader's death (fast failover off); a record written by a
-    version without it decodes the same way."""
+    version without it decodes the same way. `jobs`: the named jobs this replica runs (for job control's checks)."""
     return LeaderRecord(replica_id=replica_id, host=socket.gethostname(), pid=os.getpid(),
                         elected_at_unix_s=elected_at_unix_s, lease_id=lease_id, sense_address=sense_address,
-                        sense_nonce=sense_nonce).SerializeToString()
+                        sense_nonce=sense_nonce, jobs=jobs).SerializeToString()
 
 
 def _decode(message: type[M], data: bytes) -> M | None:

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 
 from singleton.core.errors import ConfigError, SingletonError
+from singleton.ops.control import check_job, run_verb
 from singleton.ops.history import read_runs
 from singleton.ops.http import probe_bind
 from singleton.runtime.runner import Singleton
@@ -74,6 +75,37 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         except SingletonError as err:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read the run record: {err}")
         return admin_pb2.ListRunsResponse(last_claim=record, runs=runs)
+
+    # --- job control (ops.control): written to etcd, so it reaches whichever replica leads ----------------------
+    def _control(self, verb: str, request: Any, context: grpc.ServicerContext) -> admin_pb2.ControlResponse:
+        self._authorize(context)
+        if request.for_s < 0:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "for_s must be >= 0")
+        backend, config = self._singleton.backend, self._singleton.config
+        try:
+            check_job(backend, config, request.job or None, 3.0)
+        except ConfigError as err:
+            context.abort(grpc.StatusCode.NOT_FOUND, str(err))
+        try:
+            control, event, _ = run_verb(backend, config, verb, request.job or None,
+                                         by=request.by or f"admin API {context.peer()}", reason=request.reason,
+                                         for_s=request.for_s or None)
+        except SingletonError as err:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot write the control record: {err}")
+        log.info("%s of job %r through the admin API by %s", verb, request.job, event.by)
+        return admin_pb2.ControlResponse(control=control, trigger_id=event.trigger_id)
+
+    def PauseJob(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.ControlResponse:  # noqa: N802
+        return self._control("pause", request, context)
+
+    def ResumeJob(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.ControlResponse:  # noqa: N802
+        return self._control("resume", request, context)
+
+    def TriggerJob(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.ControlResponse:  # noqa: N802
+        return self._control("trigger", request, context)
+
+    def SkipNext(self, request: Any, context: grpc.ServicerContext) -> admin_pb2.ControlResponse:  # noqa: N802
+        return self._control("skip-next", request, context)
 
 
 def parse_address(text: str) -> tuple[str, int]:

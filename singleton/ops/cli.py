@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from singleton.core.config import Config, SettingError
 from singleton.core.errors import AuthError, ConfigError, SingletonError
-from singleton.ops.cliargs import (ENV_PREFIX, UsageError, build_parser, check_environment, check_password_flag,
+from singleton.ops.cliargs import (CONTROL_VERBS, ENV_PREFIX, UsageError, build_parser, check_environment, check_password_flag,
                                    check_required, describe_setting_error, env_name, given_flags)
 from singleton.runtime.jobs import JobFn
 from singleton.ops.logs import setup_logging
@@ -120,6 +120,20 @@ def cmd_history(args: argparse.Namespace) -> int:
         backend.close()
 
 
+def cmd_control(args: argparse.Namespace) -> int:
+    from singleton.backends.etcd import EtcdBackend
+    from singleton.ops.control import control_command
+
+    config = _config(args)
+    backend = EtcdBackend.from_config(config)
+    try:
+        return control_command(backend, config, args.command, args.job, by=args.by, reason=args.reason,
+                               for_text=getattr(args, "for_", None), as_json=args.json, force=args.force,
+                               wait_s=getattr(args, "wait", 0.0))
+    finally:
+        backend.close()
+
+
 def cmd_run(args: argparse.Namespace, given: set[str]) -> int:
     """`given`: the options set on the command line or by their variable (the others are defaults)."""
     extra: dict[str, Any] = {}
@@ -192,6 +206,10 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"lease {leader['lease_id']} with {leader['lease_remaining_s']:.0f} s left")
     if status.get("runs") is not None:  # a name that never ran has nothing more to say
         print(f"{args.name}: {describe_runs(status['runs'])}")
+    from singleton.ops.control import describe_line
+
+    for state in status.get("control") or []:  # paused jobs, pending skips and triggers
+        print(describe_line(args.name, state))
     return 0
 
 
@@ -222,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return resign_leader(_config(args), as_json=args.json, timeout_s=args.timeout)
         if args.command == "history":
             return cmd_history(args)
+        if args.command in CONTROL_VERBS:
+            return cmd_control(args)
         if args.command == "chaos":
             from singleton.chaos.command import chaos_access, run_chaos
 

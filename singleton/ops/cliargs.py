@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--job", default=None, help="the runs of this named job (default: the single job of "
                          "`run --job`)")
 
+    _add_control(sub)
+
     chaos = sub.add_parser("chaos", help="failover chaos scenarios with a report and a timeline picture")
     chaos.add_argument("--endpoints", default="", help="your etcd (keys go under /singleton-chaos/); "
                        "default: an embedded etcd")
@@ -208,6 +210,32 @@ def build_parser() -> argparse.ArgumentParser:
     dev_etcd.add_argument("--port", type=int, default=2379, help="client port of the first member (0: a free one)")
     dev_etcd.add_argument("--members", type=int, default=1, help="how many etcd members (1 or 3)")
     return parser
+
+
+CONTROL_VERBS = {"pause": "stop claiming the job's slots (until resumed, or --for)",
+                 "resume": "end a pause",
+                 "skip-next": "the job's next slot not yet claimed is not run",
+                 "trigger": "one run of the job now, through the run record (refused while it runs, if its "
+                            "overlap policy allows no second run)"}
+
+
+def _add_control(sub: Any) -> None:
+    """Job control (ops.control): written to etcd, so every replica agrees and it outlives leader changes."""
+    for verb, what in CONTROL_VERBS.items():
+        parser = sub.add_parser(verb, help=what)
+        _add_connection(parser)
+        parser.add_argument("--job", default=None, help="a named job (default: the single job of `run --job`)")
+        parser.add_argument("--reason", default="", help="why (recorded with who and when in the job's events)")
+        parser.add_argument("--by", default=None, help="who (default: user@host)")
+        parser.add_argument("--json", action="store_true", help="machine-readable output")
+        parser.add_argument("--force", action="store_true", help="a job that has left no record yet (never ran)")
+        if verb == "pause":
+            parser.add_argument("--for", dest="for_", default=None, metavar="DURATION",
+                                help="end the pause by itself after this long (90s, 15m, 2h, 1d; judged by the "
+                                     "leader's wall clock)")
+        if verb == "trigger":
+            parser.add_argument("--wait", type=float, default=10.0, help="seconds to wait for the leader's answer "
+                                "(0: return once written)")
 
 
 def subparsers(parser: argparse.ArgumentParser) -> dict[str, _Parser]:

@@ -53,6 +53,7 @@ def leader_status(config: Config, timeout_s: float = 3.0, job: str | None = None
         status: dict[str, Any] = {"name": config.name, "key": config.leader_key, "revision": revision,
                                   "leader": None}
         status["runs"] = runs_status(backend, config, timeout_s, leading=kv is not None, job=job)
+        status["control"] = control_status(backend, config, timeout_s)
         if kv is not None:
             status["leader"] = {**describe_leader(kv),
                                 "lease_remaining_s": backend.lease_remaining_s(kv.lease_id, timeout_s)}
@@ -63,6 +64,16 @@ def leader_status(config: Config, timeout_s: float = 3.0, job: str | None = None
         return status
     finally:
         backend.close()
+
+
+def control_status(backend: EtcdBackend, config: Config, timeout_s: float) -> list[dict[str, Any]] | None:
+    """Jobs that are paused (with who, why, until when) or have a skip or trigger pending; None if unreadable."""
+    from singleton.ops.control import controls
+
+    try:
+        return controls(backend, config, timeout_s)
+    except SingletonError:
+        return None
 
 
 def runs_status(backend: EtcdBackend, config: Config, timeout_s: float, *, leading: bool,

@@ -29,11 +29,16 @@ def read_history(backend: Backend, config: Config, limit: int, timeout_s: float 
     runs = [{"seq": e.seq, "slot": e.slot, "replica_id": e.replica_id, "fencing_token": e.fencing_token,
              "started_at_unix_s": e.started_at_unix_s or None, "duration_s": round(e.duration_s, 6),
              "outcome": e.outcome, "error": e.error or None,
-             "coalesced_from": e.coalesced_from or None} for e in entries]
+             "coalesced_from": e.coalesced_from or None,
+             **({"trigger_id": e.trigger_id, "triggered_by": e.triggered_by or None,
+                 "trigger_reason": e.trigger_reason or None} if e.trigger_id else {})} for e in entries]
     last_claim = None if record is None else {
         "seq": record.seq, "slot": record.slot, "replica_id": record.replica_id,
         "fencing_token": record.fencing_token, "claimed_at_unix_s": record.claimed_at_unix_s}
-    return {"name": config.name, **({"job": job} if job is not None else {}), "last_claim": last_claim, "runs": runs}
+    from singleton.ops.control import read_events
+
+    return {"name": config.name, **({"job": job} if job is not None else {}), "last_claim": last_claim, "runs": runs,
+            "control_events": read_events(backend, config, job, limit, timeout_s)}
 
 
 def show_history(backend: Backend, config: Config, *, as_json: bool, limit: int,
@@ -45,6 +50,7 @@ def show_history(backend: Backend, config: Config, *, as_json: bool, limit: int,
     claim = history["last_claim"]
     if claim is None:
         print(f"{config.name}: no run recorded under {config.job_run_key(job)}")
+        show_events(history["control_events"])
         return 0
     print(f"{config.name}{'' if job is None else ' job ' + job}: last claim slot {claim['slot']} (run #{claim['seq']}) by {claim['replica_id']}, "
           f"token {claim['fencing_token']}")
@@ -55,6 +61,24 @@ def show_history(backend: Backend, config: Config, *, as_json: bool, limit: int,
             if started else "-"
         took = f"{run['duration_s'] * 1000:.1f}ms" if started else "-"
         extra = f"  (stood in for {run['coalesced_from']}..{run['slot']})" if run["coalesced_from"] else ""
+        if run.get("trigger_id"):
+            extra += f"  (manual: trigger {run['trigger_id']} by {run['triggered_by'] or '?'}" + \
+                (f": {run['trigger_reason']}" if run["trigger_reason"] else "") + ")"
         print(f"{run['seq']:>6}  {run['slot']:>10}  {when:<23}  {took:>8}  {run['outcome']:<9}  "
               f"{run['replica_id']:<16}  {run['fencing_token']:>5}  {run['error'] or ''}{extra}")
+    show_events(history["control_events"])
     return 0
+
+
+def show_events(events: list[dict[str, Any]]) -> None:
+    """Operators' control events (pause, resume, skip-next, trigger) and the leader's answers, newest first."""
+    if not events:
+        return
+    print("control events:")
+    for e in events:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["at_unix_s"]))
+        what = {"skipped": f"slot {e['slot']} skipped", "triggered": f"trigger {e['trigger_id']} ran as run #{e['slot']}",
+                "trigger-refused": f"trigger {e['trigger_id']} refused", "trigger": f"trigger {e['trigger_id']}",
+                "pause": "pause" + (f" until {time.strftime('%H:%M:%S', time.gmtime(e['until_unix_s']))} UTC"
+                                    if e["until_unix_s"] else "")}.get(e["kind"], e["kind"])
+        print(f"{e['seq']:>6}  {when}  {what:<40}  by {e['by'] or '?'}{'  ' + repr(e['reason']) if e['reason'] else ''}")

@@ -43,6 +43,7 @@ class Campaigner:
         self.config, self.backend, self.clock, self.election = config, backend, clock, election
         self._stop = stop
         self._see_leader = see_leader  # keeps the replica's status current
+        self.job_names: Callable[[], list[str]] = list  # the named jobs, published in the leader record
         self._vacancy_revision: int | None = None  # revision of the leader-key delete that ended our wait
         self._vacancy_seen_at: float | None = None  # monotonic time we saw it
         self.sensing: tuple[str, str] | None = None  # our listener's (address, nonce), for our leader record
@@ -104,8 +105,9 @@ class Campaigner:
             self.election.campaign_failed()
             raise
         try:
-            result = self.backend.campaign(cfg.leader_key, leader_record(cfg.replica_id, lease.lease_id,
-                                                                         self.clock.wall(), *self.sensing or ()),
+            record = leader_record(cfg.replica_id, lease.lease_id, self.clock.wall(), *(self.sensing or ("", "")),
+                                   jobs=self.job_names())
+            result = self.backend.campaign(cfg.leader_key, record,
                                            lease.lease_id, cfg.call_timeout_s,
                                            also_read=(cfg.handover_key, cfg.run_key))
         except BackendError:

@@ -20,6 +20,8 @@ from singleton.core.lease import StepDownReason
 from singleton.core.records import Handover
 from singleton.core.term import Act, StepDown
 from singleton.core.runs import handover_skew_s, record_skew_lower_bound_s, SKEW_WARNING_S
+from singleton.runtime.control import JobControls
+from singleton.runtime.jobs import TickContext
 from singleton.runtime.runs import MAX_TXN_OPS, RunChain
 from singleton.runtime.telemetry import Stats
 from singleton.runtime.ticking import Ticker
@@ -64,6 +66,8 @@ class Leadership(Ticker):
         self._over = threading.Event()  # ends the keepalive and the resign watch
         self.last_started_slot: int | None = None
         self.last_tick_wall: float | None = None
+        # Operators' pause/resume/skip-next/trigger (runtime.control): read at the start, followed by a watch.
+        self.controls = JobControls(config, backend, clock, term.fencing_token, tracks, stats, wake, self._over)
         # Heartbeats of the two loops, read by /healthz: a wedged loop stops beating.
         self.ticker_beat = self.keepalive_beat = clock.monotonic()
 
@@ -170,10 +174,13 @@ class Leadership(Ticker):
         keepalive.start()
         threading.Thread(target=self._resign_watch, args=(won_revision + 1, request_resign), daemon=True,
                          name="singleton-resign-watch").start()
+        threading.Thread(target=self.controls.follow, args=(won_revision + 1,), daemon=True,
+                         name="singleton-control-watch").start()
         left_running = False
         try:
             try:
-                reason = self._tick_until_step_down(handover_last_slot, handover)
+                reason = self.controls.load(self._term_check) or \
+                    self._tick_until_step_down(handover_last_slot, handover)
             except Exception:  # noqa: BLE001 - the term must still end cleanly; the cause is logged
                 log.exception("the tick loop failed %s; stepping down", self._tag)
                 reason = StepDownReason.TICKER_FAILED
@@ -182,6 +189,23 @@ class Leadership(Ticker):
             self._over.set()  # the keepalive and resign watch end with the term, whatever happened
         keepalive.join(timeout=self.config.renewal_deadline_s + 1.0)
         return TermOutcome(reason, self.last_started_slot, left_running)
+
+    # --- job control (runtime.control) ---------------------------------------------------------------
+    def _term_check(self) -> StepDownReason | None:
+        return self._stop_reason() or self.election.check(self.clock.monotonic())
+
+    def _held(self, track: Track, slot: int, wall: float) -> str | None:
+        return self.controls.held(track, slot, wall)
+
+    def _serve_triggers(self) -> StepDownReason | None:
+        if self._drain_started is not None or self._stop_reason() is not None:
+            return None  # stopping: the successor serves them
+        return self.controls.serve_triggers(self._term_check, self._start_manual)
+
+    def _start_manual(self, track: Track, ctx: TickContext) -> None:
+        track.runner.start(ctx)  # PoolFull: JobControls records it
+        self._active.add(track.index)
+        self.stats.tick("run", 0.0, job=track.label)
 
     # --- stepping down -------------------------------------------------------------------------------
     def _step_down(self, reason: StepDownReason) -> bool:

@@ -85,6 +85,7 @@ class Singleton(StatusMixin):
         self._jobs: AllJobs | None = None
         self.replica_id = config.replica_id
         self._campaigner = Campaigner(config, self.backend, self.clock, self.election, self._stop, self._see_leader)
+        self._campaigner.job_names = lambda: [] if self._registry.legacy else self._registry.names
         register_gauges(self)
 
     # --- registration and listeners -----------------------------------------------------------------

@@ -10,8 +10,8 @@ from __future__ import annotations
 import enum
 import logging
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from singleton.backends.abc import Backend, Claim, KeyValue
 from singleton.core.clock import Clock
@@ -30,6 +30,19 @@ class ClaimOutcome(enum.Enum):
 
 
 @dataclass(frozen=True)
+class ControlFence:
+    """The job's control record (core.control) in a claim: compared, so a leader that has not yet seen an operator's
+    pause cannot claim past it; rewritten in the same transaction when the claim consumes a request (skip-next, a
+    trigger), so a request is consumed exactly once, whoever leads."""
+
+    compare: Claim
+    puts: dict[str, bytes] = field(default_factory=dict)
+    on_claimed: Callable[[int], None] = lambda revision: None
+    # A refused claim: True when the term still stands and only the control record had moved (not a step-down).
+    control_moved: Callable[[], bool] = lambda: False
+
+
+@dataclass(frozen=True)
 class Prepared:
     """One job's part of a claim transaction."""
 
@@ -39,6 +52,11 @@ class Prepared:
     puts: dict[str, bytes]  # the new record and the finished runs' history
     record: RunRecord
     pending: int  # how many history entries ride along
+    control: ControlFence | None = None
+
+    @property
+    def compares(self) -> list[Claim]:
+        return [self.claim] if self.control is None else [self.claim, self.control.compare]
 
 
 class RunChain:
@@ -58,12 +76,19 @@ class RunChain:
         self._pending: list[RunEntry] = []  # finished runs not yet written to the history
         self.claimed: tuple[int, int, int] | None = None  # (slot, claim revision, seq) of our latest claim
         self._seqs: dict[int, int] = {}  # slot -> seq of our recent claims (a run may report after the next claim)
+        # Set by the leader's job control (runtime.control): (slot, may consume a request) -> the control fence.
+        self.control: Callable[[int, bool], ControlFence | None] | None = None
+        self._manual: dict[int, tuple[str, str, str]] = {}  # seq -> (trigger id, by, reason) of manual runs
 
     def load(self, record: KeyValue | None) -> None:
         """The record as read at the start of the term (named jobs: read together, after the campaign)."""
         self.revision = record.mod_revision if record is not None else 0
         self.record = decode_run(record.value) if record is not None else None
         self._seq = self.record.seq if self.record else 0
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
 
     @property
     def last_slot(self) -> int | None:
@@ -89,8 +114,10 @@ class RunChain:
     def unknown_outcome_of_predecessor(self) -> None:
         """After a takeover that was not a handover, the last claimed run's outcome died with its leader."""
         if self.record is not None and self.record.seq:
-            self._add(RunEntry(seq=self.record.seq, slot=self.record.slot, fencing_token=self.record.fencing_token,
-                               replica_id=self.record.replica_id, outcome="unknown"))
+            manual = self.record.trigger_id  # an operator's trigger: not a run of the record's slot
+            self._add(RunEntry(seq=self.record.seq, slot=0 if manual else self.record.slot,
+                               fencing_token=self.record.fencing_token, replica_id=self.record.replica_id,
+                               outcome="unknown", trigger_id=manual))
 
     def claim(self, slot: int, coalesced_from: int = 0, timeout_s: float | None = None) -> ClaimOutcome:
         """`timeout_s`: how long the claim may take (default the call timeout); a claim that cannot finish
@@ -100,8 +127,12 @@ class RunChain:
         if isinstance(prepared, ClaimOutcome):
             return prepared
         try:
-            revision = self.backend.claim(self.config.leader_key, self.token, prepared.claim, prepared.puts,
-                                          timeout_s)
+            if prepared.control is None:
+                revision = self.backend.claim(self.config.leader_key, self.token, prepared.claim, prepared.puts,
+                                              timeout_s)
+            else:
+                revision = self.backend.claim_all(self.config.leader_key, self.token, prepared.compares,
+                                                  prepared.puts, timeout_s)
         except BackendError as err:
             self.unanswered(slot, err)
             return ClaimOutcome.FAILED
@@ -123,8 +154,36 @@ class RunChain:
                            claimed_at_unix_s=self.clock.wall(), coalesced_from=coalesced_from)
         with self._lock:
             pending = list(self._pending)
-        puts = {self.run_key: record.SerializeToString(), **self._history_puts(pending)}
-        return Prepared(self, slot, (self.run_key, self.revision), puts, record, len(pending))
+        fence = self.control(slot, coalesced_from == 0) if self.control is not None else None
+        puts = {self.run_key: record.SerializeToString(), **self._history_puts(pending), **(fence.puts if fence else {})}
+        return Prepared(self, slot, (self.run_key, self.revision), puts, record, len(pending), fence)
+
+    def claim_manual(self, trigger_id: str, by: str, reason: str, fence: ControlFence,
+                     timeout_s: float | None = None) -> tuple[ClaimOutcome, int]:
+        """Claim an operator's trigger: a new run (seq) in the record, whose slot stays the last scheduled one so the
+        schedule's numbering goes on; the fence removes the trigger in the same transaction. Returns the outcome and
+        the run's seq; the run's own slot (for its context and report) is -seq."""
+        timeout_s = self._timeout(timeout_s)
+        if self._unsure and not self._reread(timeout_s):
+            return ClaimOutcome.FAILED, 0
+        seq = self._seq + 1
+        record = RunRecord(seq=seq, slot=self.last_slot or 0, fencing_token=self.token,
+                           replica_id=self.config.replica_id, claimed_at_unix_s=self.clock.wall(),
+                           trigger_id=trigger_id)
+        with self._lock:
+            pending = list(self._pending)
+        puts = {self.run_key: record.SerializeToString(), **self._history_puts(pending), **fence.puts}
+        prepared = Prepared(self, -seq, (self.run_key, self.revision), puts, record, len(pending), fence)
+        try:
+            revision = self.backend.claim_all(self.config.leader_key, self.token, prepared.compares, puts, timeout_s)
+        except BackendError as err:
+            self.unanswered(-seq, err)
+            return ClaimOutcome.FAILED, 0
+        outcome = self.answered(prepared, revision)
+        if outcome is ClaimOutcome.CLAIMED:
+            with self._lock:
+                self._manual[seq] = (trigger_id, by, reason)
+        return outcome, seq
 
     def unanswered(self, slot: int, err: BackendError) -> None:
         self._unsure = True
@@ -136,7 +195,13 @@ class RunChain:
 
     def answered(self, prepared: Prepared, revision: int | None) -> ClaimOutcome:
         if revision is None:
+            # Refused: the term is over, unless only the job's control record had moved (an operator's write that
+            # the leader had not yet seen): then nothing is claimed now and the loop judges the slot again.
+            if prepared.control is not None and prepared.control.control_moved():
+                return ClaimOutcome.FAILED
             return ClaimOutcome.REFUSED
+        if prepared.control is not None:
+            prepared.control.on_claimed(revision)
         with self._lock:
             del self._pending[:prepared.pending]
         self.revision, self.record, self._seq = revision, prepared.record, prepared.record.seq
@@ -172,11 +237,33 @@ class RunChain:
 
     def _add(self, entry: RunEntry) -> None:
         with self._lock:
+            manual = self._manual.pop(entry.seq, None)
+            if manual is not None:  # an operator's trigger: its slot is the record's, not a slot of the schedule
+                entry.slot = 0
+                entry.trigger_id, entry.triggered_by, entry.trigger_reason = manual
             self._pending.append(entry)
 
     def _history_puts(self, entries: list[RunEntry]) -> dict[str, bytes]:
         size = self.config.history_size
         return {f"{self.history_prefix}{history_index(e.seq, size)}": e.SerializeToString() for e in entries}
+
+    def flush_history(self, timeout_s: float) -> bool:
+        """Write the finished runs' history now, without a claim (a paused job makes none): guarded by the term and
+        by the run record still being ours. False when nothing was written (kept for the next claim)."""
+        with self._lock:
+            pending = list(self._pending)
+        if not pending:
+            return False
+        try:
+            written = self.backend.claim_all(self.config.leader_key, self.token, [(self.run_key, self.revision)],
+                                             self._history_puts(pending), timeout_s)
+        except BackendError:
+            return False
+        if written is None:
+            return False
+        with self._lock:
+            del self._pending[:len(pending)]
+        return True
 
     def final_puts(self) -> dict[str, bytes]:
         """The history not yet written, for the handover transaction."""
@@ -203,10 +290,11 @@ def claim_together(backend: Backend, leader_key: str, token: int, prepared: Sequ
             return
         puts = {k: v for p in batch for k, v in p.puts.items()}
         try:
-            if len(batch) == 1:
+            if len(batch) == 1 and batch[0].control is None:
                 revision = backend.claim(leader_key, token, batch[0].claim, puts, timeout_s)
             else:
-                revision = backend.claim_all(leader_key, token, [p.claim for p in batch], puts, timeout_s)
+                revision = backend.claim_all(leader_key, token, [c for p in batch for c in p.compares], puts,
+                                             timeout_s)
         except BackendError as err:
             for p in batch:
                 p.chain.unanswered(p.slot, err)
@@ -216,7 +304,7 @@ def claim_together(backend: Backend, leader_key: str, token: int, prepared: Sequ
         batch.clear()
 
     for p in prepared:
-        if batch and (len(batch) + 2 > MAX_TXN_OPS or ops + len(p.puts) > MAX_TXN_OPS):
+        if batch and (2 * len(batch) + 3 > MAX_TXN_OPS or ops + len(p.puts) > MAX_TXN_OPS):  # 2 compares a job
             flush()
             ops = 0
         batch.append(p)

@@ -35,7 +35,8 @@ _takeover_time = meter.create_histogram("singleton.takeover_time", unit="s",
                                         description="How long the leader key was vacant before this replica won")
 
 TICK_OUTCOMES = ("run", "ok", "failed", "skipped", "late", "timed_out")
-MISSED_REASONS = ("takeover", "coalesced", "beyond_window", "overrun", "late", "unclaimed", "pool_full")
+MISSED_REASONS = ("takeover", "coalesced", "beyond_window", "overrun", "late", "unclaimed", "pool_full", "paused",
+                  "skip_next")
 
 # Live gauges read each replica's state through a callback; replicas register themselves here.
 _gauge_sources: weakref.WeakSet[GaugeSource] = weakref.WeakSet()

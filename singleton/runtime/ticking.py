@@ -33,6 +33,13 @@ _MAX_WAIT_S = 1.0
 class Ticker(TermStart):
     """The tick loop, as methods of Leadership (which holds the term, the tracks and the clocks)."""
 
+    def _held(self, track: Track, slot: int, wall: float) -> str | None:
+        """Why an operator keeps `slot` from running (paused, skip_next; runtime.control); None: it may run."""
+        return None
+
+    def _serve_triggers(self) -> StepDownReason | None:
+        return None
+
     def _tick_until_step_down(self, handover_last_slot: int | None,
                               handover: Handover | None = None) -> StepDownReason:
         reason = self._load_records()
@@ -50,7 +57,8 @@ class Ticker(TermStart):
             self.ticker_beat = mono
             # The lease check runs right before every pass (and every run), so a process that was paused past its
             # lease (GC, SIGSTOP, VM freeze) steps down instead of running anything.
-            reason = self._draining(self._stop_reason(), mono) or self.election.check(mono) or self._check_runs(mono)
+            reason = self._draining(self._stop_reason(), mono) or self.election.check(mono) or \
+                self._check_runs(mono) or self._serve_triggers()
             if reason is not None:
                 return reason
             ready: list[Track] = []
@@ -115,7 +123,7 @@ class Ticker(TermStart):
                 # run, it always does): a run still going then is claimed late, if it ends in time.
                 if unclaimed and track.claim_tried != plan.slot and due.wait_s <= CLAIM_AHEAD_S + _EPS_S:
                     track.claim_tried = plan.slot
-                    if not track.full():
+                    if not track.full() and self._held(track, plan.slot, wall) is None:
                         claims.append((track, due.wait_s + limit))
                 continue
             if due.verdict is Verdict.TOO_LATE:
@@ -126,6 +134,10 @@ class Ticker(TermStart):
                 self.stats.tick("skipped", job=track.label)
                 self._not_run(track, plan.slot, "overrun")
                 log.warning("slot %d%s skipped: the previous run is still going %s", plan.slot, track.tag, self._tag)
+            elif (held := self._held(track, plan.slot, wall)) is not None:
+                self._not_run(track, plan.slot, held)  # an operator's pause or skip-next (claimed, or not at all)
+                log.log(logging.DEBUG if held == "paused" else logging.INFO, "slot %d%s not run: %s %s", plan.slot,
+                        track.tag, held.replace("_", "-"), self._tag)
             elif unclaimed:
                 # Not claimed ahead (the job was still running then, or etcd did not answer): claim now; the next
                 # pass checks the lease and the time again before running it.

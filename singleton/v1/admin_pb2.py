@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from singleton.v1 import control_pb2 as singleton_dot_v1_dot_control__pb2
 from singleton.v1 import run_pb2 as singleton_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18singleton/v1/admin.proto\x12\x0csingleton.v1\x1a\x16singleton/v1/run.proto\"-\n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0b\n\x03job\x18\x02 \x01(\t\"e\n\x10ListRunsResponse\x12+\n\nlast_claim\x18\x01 \x01(\x0b\x32\x17.singleton.v1.RunRecord\x12$\n\x04runs\x18\x02 \x03(\x0b\x32\x16.singleton.v1.RunEntry\"\x12\n\x10GetStatusRequest\"\x0f\n\rResignRequest\"9\n\x0eResignResponse\x12\x10\n\x08resigned\x18\x01 \x01(\x08\x12\x15\n\rfencing_token\x18\x02 \x01(\x03\"\x14\n\x12WatchStatusRequest\"\xb7\x02\n\x06Status\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12\x15\n\rfencing_token\x18\x04 \x01(\x03\x12\x19\n\x11lease_remaining_s\x18\x05 \x01(\x01\x12\x16\n\x0elast_tick_slot\x18\x06 \x01(\x03\x12\x18\n\x10last_tick_unix_s\x18\x07 \x01(\x01\x12\x34\n\x08\x63ounters\x18\x08 \x03(\x0b\x32\".singleton.v1.Status.CountersEntry\x12\x1d\n\x15last_step_down_reason\x18\t \x01(\t\x12\x0e\n\x06unix_s\x18\n \x01(\x01\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xa3\x02\n\x05\x41\x64min\x12\x41\n\tGetStatus\x12\x1e.singleton.v1.GetStatusRequest\x1a\x14.singleton.v1.Status\x12\x43\n\x06Resign\x12\x1b.singleton.v1.ResignRequest\x1a\x1c.singleton.v1.ResignResponse\x12G\n\x0bWatchStatus\x12 .singleton.v1.WatchStatusRequest\x1a\x14.singleton.v1.Status0\x01\x12I\n\x08ListRuns\x12\x1d.singleton.v1.ListRunsRequest\x1a\x1e.singleton.v1.ListRunsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18singleton/v1/admin.proto\x12\x0csingleton.v1\x1a\x1asingleton/v1/control.proto\x1a\x16singleton/v1/run.proto\"H\n\x0e\x43ontrolRequest\x12\x0b\n\x03job\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\n\n\x02\x62y\x18\x03 \x01(\t\x12\r\n\x05\x66or_s\x18\x04 \x01(\x01\"P\n\x0f\x43ontrolResponse\x12)\n\x07\x63ontrol\x18\x01 \x01(\x0b\x32\x18.singleton.v1.JobControl\x12\x12\n\ntrigger_id\x18\x02 \x01(\t\"-\n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0b\n\x03job\x18\x02 \x01(\t\"e\n\x10ListRunsResponse\x12+\n\nlast_claim\x18\x01 \x01(\x0b\x32\x17.singleton.v1.RunRecord\x12$\n\x04runs\x18\x02 \x03(\x0b\x32\x16.singleton.v1.RunEntry\"\x12\n\x10GetStatusRequest\"\x0f\n\rResignRequest\"9\n\x0eResignResponse\x12\x10\n\x08resigned\x18\x01 \x01(\x08\x12\x15\n\rfencing_token\x18\x02 \x01(\x03\"\x14\n\x12WatchStatusRequest\"\xb7\x02\n\x06Status\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x11\n\tleader_id\x18\x03 \x01(\t\x12\x15\n\rfencing_token\x18\x04 \x01(\x03\x12\x19\n\x11lease_remaining_s\x18\x05 \x01(\x01\x12\x16\n\x0elast_tick_slot\x18\x06 \x01(\x03\x12\x18\n\x10last_tick_unix_s\x18\x07 \x01(\x01\x12\x34\n\x08\x63ounters\x18\x08 \x03(\x0b\x32\".singleton.v1.Status.CountersEntry\x12\x1d\n\x15last_step_down_reason\x18\t \x01(\t\x12\x0e\n\x06unix_s\x18\n \x01(\x01\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x32\xca\x04\n\x05\x41\x64min\x12\x41\n\tGetStatus\x12\x1e.singleton.v1.GetStatusRequest\x1a\x14.singleton.v1.Status\x12\x43\n\x06Resign\x12\x1b.singleton.v1.ResignRequest\x1a\x1c.singleton.v1.ResignResponse\x12G\n\x0bWatchStatus\x12 .singleton.v1.WatchStatusRequest\x1a\x14.singleton.v1.Status0\x01\x12I\n\x08ListRuns\x12\x1d.singleton.v1.ListRunsRequest\x1a\x1e.singleton.v1.ListRunsResponse\x12G\n\x08PauseJob\x12\x1c.singleton.v1.ControlRequest\x1a\x1d.singleton.v1.ControlResponse\x12H\n\tResumeJob\x12\x1c.singleton.v1.ControlRequest\x1a\x1d.singleton.v1.ControlResponse\x12I\n\nTriggerJob\x12\x1c.singleton.v1.ControlRequest\x1a\x1d.singleton.v1.ControlResponse\x12G\n\x08SkipNext\x12\x1c.singleton.v1.ControlRequest\x1a\x1d.singleton.v1.ControlResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,22 +35,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STATUS_COUNTERSENTRY']._loaded_options = None
   _globals['_STATUS_COUNTERSENTRY']._serialized_options = b'8\001'
-  _globals['_LISTRUNSREQUEST']._serialized_start=66
-  _globals['_LISTRUNSREQUEST']._serialized_end=111
-  _globals['_LISTRUNSRESPONSE']._serialized_start=113
-  _globals['_LISTRUNSRESPONSE']._serialized_end=214
-  _globals['_GETSTATUSREQUEST']._serialized_start=216
-  _globals['_GETSTATUSREQUEST']._serialized_end=234
-  _globals['_RESIGNREQUEST']._serialized_start=236
-  _globals['_RESIGNREQUEST']._serialized_end=251
-  _globals['_RESIGNRESPONSE']._serialized_start=253
-  _globals['_RESIGNRESPONSE']._serialized_end=310
-  _globals['_WATCHSTATUSREQUEST']._serialized_start=312
-  _globals['_WATCHSTATUSREQUEST']._serialized_end=332
-  _globals['_STATUS']._serialized_start=335
-  _globals['_STATUS']._serialized_end=646
-  _globals['_STATUS_COUNTERSENTRY']._serialized_start=599
-  _globals['_STATUS_COUNTERSENTRY']._serialized_end=646
-  _globals['_ADMIN']._serialized_start=649
-  _globals['_ADMIN']._serialized_end=940
+  _globals['_CONTROLREQUEST']._serialized_start=94
+  _globals['_CONTROLREQUEST']._serialized_end=166
+  _globals['_CONTROLRESPONSE']._serialized_start=168
+  _globals['_CONTROLRESPONSE']._serialized_end=248
+  _globals['_LISTRUNSREQUEST']._serialized_start=250
+  _globals['_LISTRUNSREQUEST']._serialized_end=295
+  _globals['_LISTRUNSRESPONSE']._serialized_start=297
+  _globals['_LISTRUNSRESPONSE']._serialized_end=398
+  _globals['_GETSTATUSREQUEST']._serialized_start=400
+  _globals['_GETSTATUSREQUEST']._serialized_end=418
+  _globals['_RESIGNREQUEST']._serialized_start=420
+  _globals['_RESIGNREQUEST']._serialized_end=435
+  _globals['_RESIGNRESPONSE']._serialized_start=437
+  _globals['_RESIGNRESPONSE']._serialized_end=494
+  _globals['_WATCHSTATUSREQUEST']._serialized_start=496
+  _globals['_WATCHSTATUSREQUEST']._serialized_end=516
+  _globals['_STATUS']._serialized_start=519
+  _globals['_STATUS']._serialized_end=830
+  _globals['_STATUS_COUNTERSENTRY']._serialized_start=783
+  _globals['_STATUS_COUNTERSENTRY']._serialized_end=830
+  _globals['_ADMIN']._serialized_start=833
+  _globals['_ADMIN']._serialized_end=1419
 # @@protoc_insertion_point(module_scope)

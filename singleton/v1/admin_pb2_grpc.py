@@ -55,6 +55,26 @@ class AdminStub:
                 request_serializer=singleton_dot_v1_dot_admin__pb2.ListRunsRequest.SerializeToString,
                 response_deserializer=singleton_dot_v1_dot_admin__pb2.ListRunsResponse.FromString,
                 _registered_method=True)
+        self.PauseJob = channel.unary_unary(
+                '/singleton.v1.Admin/PauseJob',
+                request_serializer=singleton_dot_v1_dot_admin__pb2.ControlRequest.SerializeToString,
+                response_deserializer=singleton_dot_v1_dot_admin__pb2.ControlResponse.FromString,
+                _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/singleton.v1.Admin/ResumeJob',
+                request_serializer=singleton_dot_v1_dot_admin__pb2.ControlRequest.SerializeToString,
+                response_deserializer=singleton_dot_v1_dot_admin__pb2.ControlResponse.FromString,
+                _registered_method=True)
+        self.TriggerJob = channel.unary_unary(
+                '/singleton.v1.Admin/TriggerJob',
+                request_serializer=singleton_dot_v1_dot_admin__pb2.ControlRequest.SerializeToString,
+                response_deserializer=singleton_dot_v1_dot_admin__pb2.ControlResponse.FromString,
+                _registered_method=True)
+        self.SkipNext = channel.unary_unary(
+                '/singleton.v1.Admin/SkipNext',
+                request_serializer=singleton_dot_v1_dot_admin__pb2.ControlRequest.SerializeToString,
+                response_deserializer=singleton_dot_v1_dot_admin__pb2.ControlResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -89,6 +109,34 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PauseJob(self, request, context):
+        """Job control, written to etcd (so every replica agrees and it survives leader changes); each returns the job's
+        control record as written. Pause: no slot is claimed while paused (until resumed or `for_s` passed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TriggerJob(self, request, context):
+        """One run now through the run record, refused (and recorded so) when the job's overlap policy forbids it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SkipNext(self, request, context):
+        """The next slot not yet claimed is not run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +159,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListRuns,
                     request_deserializer=singleton_dot_v1_dot_admin__pb2.ListRunsRequest.FromString,
                     response_serializer=singleton_dot_v1_dot_admin__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'PauseJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseJob,
+                    request_deserializer=singleton_dot_v1_dot_admin__pb2.ControlRequest.FromString,
+                    response_serializer=singleton_dot_v1_dot_admin__pb2.ControlResponse.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=singleton_dot_v1_dot_admin__pb2.ControlRequest.FromString,
+                    response_serializer=singleton_dot_v1_dot_admin__pb2.ControlResponse.SerializeToString,
+            ),
+            'TriggerJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.TriggerJob,
+                    request_deserializer=singleton_dot_v1_dot_admin__pb2.ControlRequest.FromString,
+                    response_serializer=singleton_dot_v1_dot_admin__pb2.ControlResponse.SerializeToString,
+            ),
+            'SkipNext': grpc.unary_unary_rpc_method_handler(
+                    servicer.SkipNext,
+                    request_deserializer=singleton_dot_v1_dot_admin__pb2.ControlRequest.FromString,
+                    response_serializer=singleton_dot_v1_dot_admin__pb2.ControlResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +290,114 @@ class Admin:
             '/singleton.v1.Admin/ListRuns',
             singleton_dot_v1_dot_admin__pb2.ListRunsRequest.SerializeToString,
             singleton_dot_v1_dot_admin__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/singleton.v1.Admin/PauseJob',
+            singleton_dot_v1_dot_admin__pb2.ControlRequest.SerializeToString,
+            singleton_dot_v1_dot_admin__pb2.ControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/singleton.v1.Admin/ResumeJob',
+            singleton_dot_v1_dot_admin__pb2.ControlRequest.SerializeToString,
+            singleton_dot_v1_dot_admin__pb2.ControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TriggerJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/singleton.v1.Admin/TriggerJob',
+            singleton_dot_v1_dot_admin__pb2.ControlRequest.SerializeToString,
+            singleton_dot_v1_dot_admin__pb2.ControlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SkipNext(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/singleton.v1.Admin/SkipNext',
+            singleton_dot_v1_dot_admin__pb2.ControlRequest.SerializeToString,
+            singleton_dot_v1_dot_admin__pb2.ControlResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,7 @@ class LeaderRecord(_message.Message):
     LEASE_ID_FIELD_NUMBER: _builtins.int
     SENSE_ADDRESS_FIELD_NUMBER: _builtins.int
     SENSE_NONCE_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     host: _builtins.str
     pid: _builtins.int
@@ -45,6 +46,10 @@ class LeaderRecord(_message.Message):
     """Sent by the sensing listener on every connection, so a standby knows it reached this very process
     (not a successor on a reused port, nor something else listening there).
     """
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The named jobs this replica runs (so `singleton pause --job J` can tell a misspelt J from a job not run yet)."""
+
     def __init__(
         self,
         *,
@@ -55,10 +60,11 @@ class LeaderRecord(_message.Message):
         lease_id: _builtins.int = ...,
         sense_address: _builtins.str = ...,
         sense_nonce: _builtins.str = ...,
+        jobs: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["elected_at_unix_s", b"elected_at_unix_s", "host", b"host", "lease_id", b"lease_id", "pid", b"pid", "replica_id", b"replica_id", "sense_address", b"sense_address", "sense_nonce", b"sense_nonce"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["elected_at_unix_s", b"elected_at_unix_s", "host", b"host", "jobs", b"jobs", "lease_id", b"lease_id", "pid", b"pid", "replica_id", b"replica_id", "sense_address", b"sense_address", "sense_nonce", b"sense_nonce"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16singleton/v1/run.proto\x12\x0csingleton.v1\"\xb7\x01\n\x08RunEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04slot\x18\x02 \x01(\x03\x12\x15\n\rfencing_token\x18\x03 \x01(\x03\x12\x12\n\nreplica_id\x18\x04 \x01(\t\x12\x19\n\x11started_at_unix_s\x18\x05 \x01(\x01\x12\x12\n\nduration_s\x18\x06 \x01(\x01\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x16\n\x0e\x63oalesced_from\x18\t \x01(\x03\"\x84\x01\n\tRunRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04slot\x18\x02 \x01(\x03\x12\x15\n\rfencing_token\x18\x03 \x01(\x03\x12\x12\n\nreplica_id\x18\x04 \x01(\t\x12\x19\n\x11\x63laimed_at_unix_s\x18\x05 \x01(\x01\x12\x16\n\x0e\x63oalesced_from\x18\x06 \x01(\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16singleton/v1/run.proto\x12\x0csingleton.v1\"\xf9\x01\n\x08RunEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04slot\x18\x02 \x01(\x03\x12\x15\n\rfencing_token\x18\x03 \x01(\x03\x12\x12\n\nreplica_id\x18\x04 \x01(\t\x12\x19\n\x11started_at_unix_s\x18\x05 \x01(\x01\x12\x12\n\nduration_s\x18\x06 \x01(\x01\x12\x0f\n\x07outcome\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x16\n\x0e\x63oalesced_from\x18\t \x01(\x03\x12\x12\n\ntrigger_id\x18\n \x01(\t\x12\x14\n\x0ctriggered_by\x18\x0b \x01(\t\x12\x16\n\x0etrigger_reason\x18\x0c \x01(\t\"\x98\x01\n\tRunRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04slot\x18\x02 \x01(\x03\x12\x15\n\rfencing_token\x18\x03 \x01(\x03\x12\x12\n\nreplica_id\x18\x04 \x01(\t\x12\x19\n\x11\x63laimed_at_unix_s\x18\x05 \x01(\x01\x12\x16\n\x0e\x63oalesced_from\x18\x06 \x01(\x03\x12\x12\n\ntrigger_id\x18\x07 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'singleton.v1.run_pb2', _glo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RUNENTRY']._serialized_start=41
-  _globals['_RUNENTRY']._serialized_end=224
-  _globals['_RUNRECORD']._serialized_start=227
-  _globals['_RUNRECORD']._serialized_end=359
+  _globals['_RUNENTRY']._serialized_end=290
+  _globals['_RUNRECORD']._serialized_start=293
+  _globals['_RUNRECORD']._serialized_end=445
 # @@protoc_insertion_point(module_scope)

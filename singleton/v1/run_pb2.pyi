@@ -31,6 +31,9 @@ class RunEntry(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     COALESCED_FROM_FIELD_NUMBER: _builtins.int
+    TRIGGER_ID_FIELD_NUMBER: _builtins.int
+    TRIGGERED_BY_FIELD_NUMBER: _builtins.int
+    TRIGGER_REASON_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     slot: _builtins.int
     fencing_token: _builtins.int
@@ -45,6 +48,10 @@ class RunEntry(_message.Message):
     error: _builtins.str
     coalesced_from: _builtins.int
     """A catch-up run (catch-up policy `coalesce`): the first slot it stood in for; 0 otherwise."""
+    trigger_id: _builtins.str
+    """A run an operator asked for (`singleton trigger`): the request's id, who and why; empty for scheduled runs."""
+    triggered_by: _builtins.str
+    trigger_reason: _builtins.str
     def __init__(
         self,
         *,
@@ -57,10 +64,13 @@ class RunEntry(_message.Message):
         outcome: _builtins.str = ...,
         error: _builtins.str = ...,
         coalesced_from: _builtins.int = ...,
+        trigger_id: _builtins.str = ...,
+        triggered_by: _builtins.str = ...,
+        trigger_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coalesced_from", b"coalesced_from", "duration_s", b"duration_s", "error", b"error", "fencing_token", b"fencing_token", "outcome", b"outcome", "replica_id", b"replica_id", "seq", b"seq", "slot", b"slot", "started_at_unix_s", b"started_at_unix_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coalesced_from", b"coalesced_from", "duration_s", b"duration_s", "error", b"error", "fencing_token", b"fencing_token", "outcome", b"outcome", "replica_id", b"replica_id", "seq", b"seq", "slot", b"slot", "started_at_unix_s", b"started_at_unix_s", "trigger_id", b"trigger_id", "trigger_reason", b"trigger_reason", "triggered_by", b"triggered_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -81,6 +91,7 @@ class RunRecord(_message.Message):
     REPLICA_ID_FIELD_NUMBER: _builtins.int
     CLAIMED_AT_UNIX_S_FIELD_NUMBER: _builtins.int
     COALESCED_FROM_FIELD_NUMBER: _builtins.int
+    TRIGGER_ID_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     slot: _builtins.int
     fencing_token: _builtins.int
@@ -88,6 +99,8 @@ class RunRecord(_message.Message):
     claimed_at_unix_s: _builtins.float
     """The claiming replica's wall clock when it claimed (Unix seconds): compared at takeovers to see clock skew."""
     coalesced_from: _builtins.int
+    trigger_id: _builtins.str
+    """A claim for an operator's trigger (`singleton trigger`): its id; slot then repeats the last scheduled slot."""
     def __init__(
         self,
         *,
@@ -97,10 +110,11 @@ class RunRecord(_message.Message):
         replica_id: _builtins.str = ...,
         claimed_at_unix_s: _builtins.float = ...,
         coalesced_from: _builtins.int = ...,
+        trigger_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimed_at_unix_s", b"claimed_at_unix_s", "coalesced_from", b"coalesced_from", "fencing_token", b"fencing_token", "replica_id", b"replica_id", "seq", b"seq", "slot", b"slot"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claimed_at_unix_s", b"claimed_at_unix_s", "coalesced_from", b"coalesced_from", "fencing_token", b"fencing_token", "replica_id", b"replica_id", "seq", b"seq", "slot", b"slot", "trigger_id", b"trigger_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

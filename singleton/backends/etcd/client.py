@@ -284,6 +284,13 @@ class EtcdBackend(Backend):
                 pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=leader_key.encode()))]
         return self._guarded(f"resign {leader_key}", leader_key, fencing_token, ops, timeout_s) is not None
 
+    def compare_and_put(self, compares: list[Claim], puts: dict[str, bytes], timeout_s: float) -> int | None:
+        compare = [pb.Compare(key=k.encode(), target=pb.Compare.MOD, result=pb.Compare.EQUAL, mod_revision=r)
+                   for k, r in compares]
+        resp = self._txn(f"compare and put {', '.join(puts)}", pb.TxnRequest(
+            compare=compare, success=[self._put(k, v) for k, v in puts.items()]), timeout_s)
+        return int(resp.header.revision) if resp.succeeded else None
+
     def compact(self, revision: int, timeout_s: float) -> None:
         """Drop the history before `revision` (for tests and operators; the library never compacts).
         Waits until it is physically done, so a watch started afterwards sees the result."""
@@ -291,8 +298,9 @@ class EtcdBackend(Backend):
                     pb.CompactionRequest(revision=revision, physical=True), timeout_s)
 
     # --- watch ---------------------------------------------------------------------------------------
-    def watch(self, key: str, start_revision: int, stop: threading.Event) -> Iterator[WatchEvent]:
-        return watch(self, key, start_revision, stop)
+    def watch(self, key: str, start_revision: int, stop: threading.Event,
+              prefix: bool = False) -> Iterator[WatchEvent]:
+        return watch(self, key, start_revision, stop, prefix)
 
     def close(self) -> None:
         self.closing = True  # watches cut by this end quietly

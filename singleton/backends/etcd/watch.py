@@ -30,7 +30,8 @@ def kv_of(kv: Any) -> KeyValue:
     return KeyValue(kv.key.decode(), bytes(kv.value), kv.create_revision, kv.mod_revision, kv.lease)
 
 
-def watch(backend: EtcdBackend, key: str, start_revision: int, stop: threading.Event) -> Iterator[WatchEvent]:
+def watch(backend: EtcdBackend, key: str, start_revision: int, stop: threading.Event,
+          prefix: bool = False) -> Iterator[WatchEvent]:
     next_revision = start_revision
     failures = 0
     # etcd down for minutes breaks the stream every couple of seconds: the first break in full, then a summary.
@@ -38,7 +39,7 @@ def watch(backend: EtcdBackend, key: str, start_revision: int, stop: threading.E
     while not stop.is_set():
         with backend._lock:
             index = backend._current
-        stream = _WatchStream(backend, index, key, next_revision, stop)
+        stream = _WatchStream(backend, index, key, next_revision, stop, prefix)
         try:
             for event in stream:
                 failures = 0
@@ -70,12 +71,15 @@ class _WatchStream:
     notification, and a member that does not answer that in time is given up on."""
 
     def __init__(self, backend: EtcdBackend, index: int, key: str, start_revision: int,
-                 stop: threading.Event) -> None:
+                 stop: threading.Event, prefix: bool = False) -> None:
         self._backend, self._index, self._stop = backend, index, stop
         self._where = f"watch {key} via {backend._endpoints[index]}"
         self._requests: queue.Queue[Any] = queue.Queue()
+        start = key.encode()
+        # etcd's range_end for "every key with this prefix": the prefix with its last byte incremented.
+        range_end = start[:-1] + bytes([start[-1] + 1]) if prefix else b""
         self._requests.put(pb.WatchRequest(create_request=pb.WatchCreateRequest(
-            key=key.encode(), start_revision=start_revision)))
+            key=start, range_end=range_end, start_revision=start_revision)))
         self._responses: queue.Queue[Any] = queue.Queue()
         self.heard = False  # the member answered at least once on this stream
 
