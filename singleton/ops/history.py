@@ -11,12 +11,17 @@ from singleton.core.records import decode_entry, decode_run
 from singleton.v1.run_pb2 import RunEntry, RunRecord
 
 
-def read_runs(backend: Backend, config: Config, limit: int,
-              timeout_s: float = 3.0) -> tuple[RunRecord | None, list[RunEntry]]:
-    """The last claim and up to `limit` finished runs, newest first (for the CLI and the admin API)."""
-    kv, _ = backend.get(config.run_key, timeout_s)
+def read_runs(backend: Backend, config: Config, limit: int, timeout_s: float = 3.0, *,
+              job: str | None = None) -> tuple[RunRecord | None, list[RunEntry]]:
+    """The last claim and up to `limit` finished runs, newest first (for the CLI and the admin API). `job`: one
+    job of a jobs file (its own record and history); None: the single `--job`'s."""
+    from singleton.ops.jobsview import job_history_prefix, job_run_key
+
+    run_key = config.run_key if job is None else job_run_key(config, job)
+    history_prefix = config.history_prefix if job is None else job_history_prefix(config, job)
+    kv, _ = backend.get(run_key, timeout_s)
     record = decode_run(kv.value) if kv is not None else None
-    entries = [e for e in (decode_entry(kv.value) for kv in backend.get_prefix(config.history_prefix, timeout_s))
+    entries = [e for e in (decode_entry(kv.value) for kv in backend.get_prefix(history_prefix, timeout_s))
                if e is not None]
     entries.sort(key=lambda e: e.seq, reverse=True)
     return record, entries[:limit]
