@@ -1,0 +1,206 @@
+"""`singleton run --jobs jobs.toml` and `singleton next`: every mistake in a jobs file is one line naming the file,
+the job and the field (exit 2, before anything touches etcd); `next` prints the same instants on every run."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from singleton.core.schedule import Cron, Interval
+from singleton.ops.cli import main
+from singleton.ops.jobsfile import load_jobs_file
+
+ROOT = Path(__file__).resolve().parent.parent
+# Port 1: nothing listens there. A check that passes would go on to etcd and fail otherwise (not with exit 2).
+CONNECT = ["--endpoints", "http://127.0.0.1:1", "--name", "n"]
+HELLO = 'callable = "singleton.examples:hello"'
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("SINGLETON_")]:
+        monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "jobs.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one stderr line of a usage/config error (exit 2)."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert len(captured.err.splitlines()) == 1 and "Traceback" not in captured.err, captured.err
+    assert captured.out == ""
+    return captured.err.strip()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    # TOML syntax: tomllib's own message, with the line and column.
+    (f'[[job]]\n{HELLO}\nevery = = 2\n', "not valid TOML: Invalid value (at line 3, column 9)"),
+    (f'[[job]]\n{HELLO}\njiter = 2\n', "job #1: jiter: unknown key (did you mean 'jitter'?) (known: name, callable"),
+    (f'[[job]]\nname = "r"\n{HELLO}\ncatchup = "skip"\n', "job 'r' (#1): catchup: unknown key (did you mean "
+                                                          "'catch_up'?)"),
+    (f'[[jobs]]\n{HELLO}\n', "unknown top-level key 'jobs' (did you mean 'job'?); jobs are [[job]] tables"),
+    ('title = "x"\n', "unknown top-level key 'title'; jobs are [[job]] tables"),
+    ('', "no jobs: add at least one [[job]] table with a callable"),
+    (f'[[job]]\n{HELLO}\nevery = "5"\n', "job #1: every: must be a number (got a string '5')"),
+    (f'[[job]]\n{HELLO}\ntimeout = true\n', "job #1: timeout: must be a number (got a boolean True)"),
+    (f'[[job]]\n{HELLO}\nmax_instances = 1.5\n', "job #1: max_instances: must be a whole number (got a float 1.5)"),
+    (f'[[job]]\nname = "r"\n{HELLO}\ncron = "0 61 * * * *"\n', "job 'r' (#1): cron: cron '0 61 * * * *' is not a "
+                                                              "valid expression"),
+    (f'[[job]]\nname = "r"\n{HELLO}\ncron = "*/5 * * * *"\n', "job 'r' (#1): cron: cron '*/5 * * * *' must have 6 "
+                                                             "fields, seconds first"),
+    (f'[[job]]\nname = "r"\n{HELLO}\ncron = "0 0 2 * * *"\ntz = "Europe/Berlinn"\n',
+     "job 'r' (#1): tz: unknown time zone 'Europe/Berlinn' (expected an IANA name like Europe/Berlin)"),
+    (f'[[job]]\nname = "r"\n{HELLO}\nevery = 5\ntz = "UTC"\n', "job 'r' (#1): tz: tz applies to cron schedules only"),
+    (f'[[job]]\nname = "fast"\n{HELLO}\nevery = 0.05\n', "job 'fast' (#1): every: every must be at least 0.1 s "
+                                                         "(got 0.05)"),
+    (f'[[job]]\nname = "r"\n{HELLO}\nevery = 1\ncron = "* * * * * *"\n', "job 'r' (#1): cron: give either every "
+                                                                          "or cron, not both"),
+    (f'[[job]]\nname = "r"\n{HELLO}\noverlap = "queue"\n', "job 'r' (#1): overlap: must be one of skip, allow"),
+    (f'[[job]]\nname = "r"\n{HELLO}\nmax_instances = 3\n', "job 'r' (#1): max_instances: needs overlap = \"allow\""),
+    (f'[[job]]\n{HELLO}\n\n[[job]]\n{HELLO}\nevery = 5\n', "job 'hello' (#2): name: already used by job #1 (names "
+                                                           "must be unique; set name = \"...\")"),
+    (f'[[job]]\nname = "a b"\n{HELLO}\n', "job 'a b' (#1): name: must be 1-128 characters"),
+    ('[[job]]\nevery = 5\n', "job #1: callable: missing (package.module:callable)"),
+    ('[[job]]\ncallable = "no_such_module_xyz:fn"\n', "job #1: callable: cannot import job module "
+                                                     "'no_such_module_xyz': ModuleNotFoundError"),
+    ('[[job]]\ncallable = "singleton.examples:nope"\n', "job #1: callable: job 'singleton.examples:nope': "
+                                                       "'singleton.examples' has no attribute 'nope'"),
+    ('[[job]]\nname = "s"\ncallable = "os:sep"\n', "job 's' (#1): callable: job 'os:sep' is not callable"),
+    ('[[job]]\ncallable = "jobs/report.py:run"\n', "job #1: callable: bad job 'jobs/report.py:run': a module path, "
+                                                  "not a file: use report:run"),
+])
+def test_a_bad_jobs_file_is_one_line_naming_file_job_and_field(tmp_path: Path, text: str, expected: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, text)
+    err = fails(["run", *CONNECT, "--jobs", path], capsys)
+    assert err.startswith(f"singleton: error: {path}: {expected}"), err
+    assert fails(["next", "--jobs", path], capsys) == err  # `next` checks the file the same way
+
+
+def test_a_missing_or_undecodable_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = str(tmp_path / "nope.toml")
+    assert fails(["run", *CONNECT, "--jobs", missing], capsys) == (
+        f"singleton: error: cannot read jobs file {missing}: No such file or directory")
+    (tmp_path / "bad.toml").write_bytes(b"[[job]]\nname = \"\xff\"\n")
+    assert "not UTF-8 text" in fails(["next", "--jobs", str(tmp_path / "bad.toml")], capsys)
+
+
+def test_job_and_jobs_exclude_each_other_and_one_is_required(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, f"[[job]]\n{HELLO}\n")
+    assert fails(["run", *CONNECT, "--job", "singleton.examples:hello", "--jobs", path], capsys) == (
+        "singleton: error: --job and --jobs exclude each other (set on the command line or by SINGLETON_JOB / "
+        "SINGLETON_JOBS): give one")
+    assert fails(["run", *CONNECT], capsys) == (
+        "singleton: error: either --job (or SINGLETON_JOB) or --jobs (or SINGLETON_JOBS) is required")
+    monkeypatch.setenv("SINGLETON_JOB", "singleton.examples:hello")  # a pod's default, plus a --jobs flag
+    assert "exclude each other" in fails(["run", *CONNECT, "--jobs", path], capsys)
+
+
+@pytest.mark.parametrize("flag", [["--catch-up", "coalesce"], ["--job-timeout", "5"], ["--catch-up-window", "9"]])
+def test_single_job_policy_flags_are_refused_with_a_jobs_file(tmp_path: Path, flag: list[str],
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, f"[[job]]\n{HELLO}\n")
+    err = fails(["run", *CONNECT, "--jobs", path, *flag], capsys)
+    assert err.startswith(f"singleton: error: {flag[0]} (SINGLETON_") and f"for each [[job]] in {path}" in err
+
+
+def test_every_field_of_the_documented_example_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    jobs = load_jobs_file(ROOT / "examples" / "jobs.toml")
+    specs = {spec.name: spec for spec, _fn in jobs}
+    assert len(specs) == len(jobs) >= 3 and all(callable(fn) for _spec, fn in jobs)
+    text = (ROOT / "examples" / "jobs.toml").read_text()
+    from singleton.ops.jobsfile import FIELDS
+
+    assert all(f"\n{key} = " in text or f"\n# {key} = " in text for key in FIELDS), "every field is shown"
+    assert any(isinstance(s.schedule, Cron) and s.schedule.tz != "UTC" for s in specs.values())
+    assert any(isinstance(s.schedule, Interval) and s.schedule.period_ms < 1000 for s in specs.values())
+    assert any(s.overlap == "allow" and s.max_instances > 1 for s in specs.values())
+    assert any(s.catch_up == "coalesce" and s.timeout_s for s in specs.values())
+
+
+# --- singleton next ------------------------------------------------------------------------------------------
+BERLIN_JOBS = f"""
+[[job]]
+name = "nightly"
+{HELLO}
+cron = "0 30 2 * * *"
+tz = "Europe/Berlin"
+jitter = 2
+
+[[job]]
+name = "quarter"
+{HELLO}
+every = 0.25
+"""
+
+
+def test_next_shows_the_spring_forward_rule_in_utc_and_in_the_zone(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, BERLIN_JOBS)
+    assert main(["next", "--jobs", path, "--at", "2026-03-28T12:00:00Z", "--count", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "next instants after 2026-03-28T12:00:00Z"
+    assert lines[1] == ("nightly: cron '0 30 2 * * *' (Europe/Berlin), jitter up to 2 s -> "
+                        "singleton.examples:hello")
+    # 02:30 does not exist on 29 March in Berlin: the run is at the transition, 03:00 CEST, once.
+    assert lines[2].startswith("  2026-03-29T01:00:00Z  2026-03-29 03:00:00 CEST (+0200)  +")
+    assert lines[2].endswith("[clocks go from 02:00 to 03:00 here: a local time they skip runs at this instant, "
+                             "once]")
+    assert lines[3].startswith("  2026-03-30T00:30:00Z  2026-03-30 02:30:00 CEST (+0200)  +")
+    assert lines[4:] == ["quarter: every 0.25 s -> singleton.examples:hello",
+                         "  2026-03-28T12:00:00.250Z", "  2026-03-28T12:00:00.500Z"]
+
+
+def test_next_shows_the_fall_back_rule_the_repeated_time_runs_once(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, f'[[job]]\nname = "often"\n{HELLO}\ncron = "0 */20 * * * *"\ntz = "Europe/Berlin"\n')
+    assert main(["next", "--jobs", path, "--at", "2026-10-25T00:10:00+00:00", "--count", "4", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert listing["after"] == "2026-10-25T00:10:00Z"
+    runs = listing["jobs"][0]["next"]
+    # 02:20 and 02:40 CEST run; the second 02:00, 02:20, 02:40 (CET) do not; then 03:00 CET.
+    assert [r["local"] for r in runs] == ["2026-10-25 02:20:00 CEST (+0200)", "2026-10-25 02:40:00 CEST (+0200)",
+                                          "2026-10-25 03:00:00 CET (+0100)", "2026-10-25 03:20:00 CET (+0100)"]
+    assert [r["utc"] for r in runs] == ["2026-10-25T00:20:00Z", "2026-10-25T00:40:00Z", "2026-10-25T02:00:00Z",
+                                        "2026-10-25T02:20:00Z"]
+    assert "happens twice today" in runs[0]["dst"] and "dst" not in runs[2]
+    assert [r["slot"] for r in runs] == [int(r["unix_s"]) for r in runs]
+
+
+def test_next_is_the_same_from_any_process_at_the_same_time(tmp_path: Path) -> None:
+    """What every replica computes: two separate processes, same file and time, byte-identical output."""
+    path = write(tmp_path, BERLIN_JOBS)
+    argv = [sys.executable, "-m", "singleton", "next", "--jobs", path, "--at", "2026-03-29T00:59:58Z",
+            "--count", "3"]
+    outputs = [subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path) for _ in range(2)]
+    assert all(o.returncode == 0 and o.stderr == "" for o in outputs), outputs
+    assert outputs[0].stdout == outputs[1].stdout and "2026-03-29T01:00:00Z" in outputs[0].stdout
+
+
+def test_next_with_a_single_job_is_every_second(capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SINGLETON_JOB", "singleton.examples:hello")  # as in a pod of the default configuration
+    assert main(["next", "--at", "2026-01-01 00:00:00", "--count", "2"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["next instants after 2026-01-01T00:00:00Z",
+                                                    "hello: every 1 s -> singleton.examples:hello",
+                                                    "  2026-01-01T00:00:01Z", "  2026-01-01T00:00:02Z"]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--at", "tomorrow"], "--at 'tomorrow' is not an ISO 8601 time (e.g. 2026-03-29T00:00:00Z)"),
+    (["--count", "0"], "--count must be from 1 to 1000 (got 0)"),
+])
+def test_next_bad_arguments(tmp_path: Path, args: list[str], expected: str,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, BERLIN_JOBS)
+    assert fails(["next", "--jobs", path, *args], capsys) == f"singleton: error: {expected}"
