@@ -31,8 +31,10 @@ def test_only_the_leader_passes_the_gate_and_a_standby_takes_over_on_stop() -> N
     elected: list[int] = []
     b.on_elected(elected.append)
     assert not a.is_leader and a.fencing_token is None and not a.wait_until_leader(0.05)
-    with a, b:
+    a.start()
+    try:
         assert a.wait_until_leader(10)
+        b.start()  # after a leads, so that b stands by
         token = a.check()
         assert a.fencing_token == token and a.still_leader(token) and not b.still_leader()
         assert not b.wait_until_leader(0.3)  # bounded: it returns, and b stands by
@@ -49,11 +51,14 @@ def test_only_the_leader_passes_the_gate_and_a_standby_takes_over_on_stop() -> N
         with pytest.raises(NotLeader):
             a.guarded_put("/gate/out", "stale", token)  # refused before etcd is asked
         with pytest.raises(NotLeader, match=f"not the leader of term {token} \\(now {new}\\)"):
-            b.check(token)  # same replica, another term: not the one the caller started under
+            b.check(token)  # an earlier term's token is refused, even by the replica that leads now
         run_a(), run_b()
         assert ran == ["a", "b"]
         kv, _ = backend.get("/gate/out", 1.0)
         assert kv is not None and kv.value == b"from a"
+    finally:
+        a.stop()
+        b.stop()
 
 
 def test_changes_yield_the_state_then_each_change_and_async_guards_work() -> None:

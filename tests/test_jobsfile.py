@@ -276,9 +276,10 @@ def slow(ctx):
 
 
 @pytest.mark.skipif(not hasattr(__import__("singleton").Singleton, "add_job"),
-                    reason="TODO(merge): needs Singleton.add_job (runtime branch); remove this skip at the merge")
+                    reason="needs Singleton.add_job (runtime branch): runs by itself once merged")
 def test_run_with_a_jobs_file_runs_each_job_on_its_own_schedule(etcd: EtcdCluster, name: str, tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                                 capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import signal
 
     from singleton.core.timings import FAST
@@ -310,6 +311,7 @@ def test_run_with_a_jobs_file_runs_each_job_on_its_own_schedule(etcd: EtcdCluste
     # Interval slots count half-seconds since the epoch; cron slots are Unix seconds (both as core/schedule.py).
     assert abs(fast[0] * 0.5 - even[0]) < 10
     assert all(slot % 2 == 0 for slot in even)  # "*/2" in the seconds field: even seconds only
+    monkeypatch.syspath_prepend(str(tmp_path))  # `status --jobs` checks the file, callables included
     assert main(["status", "--endpoints", endpoints, "--name", name, "--jobs", path, "--json"]) == 0
     jobs = {j["name"]: j for j in json.loads(capsys.readouterr().out)["jobs"]}
     # Each job's own record (a claim may be one slot ahead of the last run, if the stop came in between).
