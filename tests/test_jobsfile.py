@@ -239,8 +239,8 @@ def test_status_reads_each_jobs_own_record_and_lists_jobs_only_etcd_knows() -> N
     config = Config(endpoints="127.0.0.1:2379", name="svc")  # type: ignore[arg-type]
     lease = backend.grant_lease(10, 1.0)
     token = backend.campaign(config.leader_key, b"", lease.lease_id, 1.0).fencing_token
-    record = RunRecord(seq=7, slot=1_800_000_000, fencing_token=token, replica_id="r1")
-    entry = RunEntry(seq=6, slot=1_799_999_700, fencing_token=token, replica_id="r1", started_at_unix_s=1.0,
+    record = RunRecord(seq=7, slot=6_000_000, fencing_token=token, replica_id="r1")  # every 300 s: 1.8e9 s
+    entry = RunEntry(seq=6, slot=5_999_999, fencing_token=token, replica_id="r1", started_at_unix_s=1.0,
                      duration_s=0.5, outcome="ok")
     for key, value in ((job_run_key(config, "report"), record), (job_history_prefix(config, "report") + "6", entry),
                        (job_run_key(config, "gone"), record)):
@@ -248,9 +248,11 @@ def test_status_reads_each_jobs_own_record_and_lists_jobs_only_etcd_knows() -> N
     specs = [build_job_spec("report", every=300), build_job_spec("fresh", every=0.5)]
     jobs = {j["name"]: j for j in jobs_status(backend, config, specs, now=1_800_000_000.0)}
     assert list(jobs) == ["report", "fresh", "gone"]  # the file's, then those only etcd knows
-    assert jobs["report"]["last_claimed_slot"] == 1_800_000_000
-    assert jobs["report"]["last_run"] == {"slot": 1_799_999_700, "outcome": "ok", "replica_id": "r1",
-                                          "duration_s": 0.5}
+    assert jobs["report"]["last_claimed_slot"] == 6_000_000  # slot k of every 300 s: 300 k s after the epoch
+    assert jobs["report"]["last_claimed_utc"] == "2027-01-15T08:00:00Z" and jobs["gone"]["last_claimed_utc"] is None
+    assert jobs["report"]["last_run"] == {"slot": 5_999_999, "outcome": "ok", "replica_id": "r1", "duration_s": 0.5}
+    # A record from another schedule than the file's now may name no date at all: shown without one.
+    assert jobs_status(backend, config, [build_job_spec("gone", every=1e6)])[0]["last_claimed_utc"] is None
     assert [i["utc"] for i in jobs["report"]["next"]] == ["2027-01-15T08:05:00Z", "2027-01-15T08:10:00Z",
                                                           "2027-01-15T08:15:00Z"]
     assert jobs["fresh"]["last_claimed_slot"] is None and len(jobs["fresh"]["next"]) == 3

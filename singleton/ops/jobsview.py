@@ -70,10 +70,23 @@ def _utc(wall: float, with_ms: bool) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S") + (f".{moment.microsecond // 1000:03d}" if with_ms else "") + "Z"
 
 
+def _with_ms(spec: JobSpec) -> bool:
+    return isinstance(spec.schedule, Interval) and spec.schedule.period_ms % 1000 != 0
+
+
+def slot_utc(spec: JobSpec, slot: int) -> str | None:
+    """A slot of this job's schedule as a UTC time (an interval's slots count periods since the epoch); None
+    for one no calendar holds (a record written under another schedule than the file's now)."""
+    try:
+        return _utc(spec.schedule.instant(slot), _with_ms(spec))
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 def upcoming(spec: JobSpec, wall: float, count: int) -> list[dict[str, Any]]:
     """The next `count` slots after `wall`: instant in UTC, in the job's zone (cron), and its jitter."""
     schedule = spec.schedule
-    with_ms = isinstance(schedule, Interval) and schedule.period_ms % 1000 != 0
+    with_ms = _with_ms(spec)
     zone = ZoneInfo(schedule.tz) if isinstance(schedule, Cron) and schedule.tz != "UTC" else None
     out = []
     for slot in next_instants(schedule, wall, count):
@@ -160,6 +173,7 @@ def jobs_status(backend: Backend, config: Config, specs: list[JobSpec], *, timeo
             "name": name, "in_jobs_file": spec is not None,
             "schedule": describe_schedule(spec) if spec else None,
             "last_claimed_slot": record.slot if record else None,
+            "last_claimed_utc": slot_utc(spec, record.slot) if spec and record else None,
             "last_run": None if last is None else {"slot": last.slot, "outcome": last.outcome,
                                                    "replica_id": last.replica_id,
                                                    "duration_s": round(last.duration_s, 6)},
@@ -173,7 +187,8 @@ def describe_job_status(job: dict[str, Any]) -> str:
     if job["last_claimed_slot"] is None:
         parts.append("no run recorded")
     else:
-        parts.append(f"last claimed slot {job['last_claimed_slot']}")
+        when = f" ({job['last_claimed_utc']})" if job.get("last_claimed_utc") else ""
+        parts.append(f"last claimed slot {job['last_claimed_slot']}{when}")
     last = job["last_run"]
     if last is not None:
         parts.append(f"last finished run: slot {last['slot']} {last['outcome']} on {last['replica_id']}")
