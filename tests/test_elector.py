@@ -139,3 +139,44 @@ def test_the_apscheduler_example_runs_jobs_on_the_leader_only_and_hands_over(
     assert len({r[1] for r in by_a}) == 1 and len({r[1] for r in by_b}) == 1
     assert by_b[0][1] > by_a[0][1]  # a new term, a greater fencing token
     assert max(r[2] for r in by_a) < min(r[2] for r in by_b)  # never both at once: a stopped before b began
+
+
+def test_the_asyncio_example_resumes_its_scheduler_while_leading(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("apscheduler", minversion="3.10")
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from apscheduler.schedulers.base import STATE_PAUSED
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    sys.modules.pop("gated_asyncio", None)
+    from gated_asyncio import follow_leadership  # type: ignore[import-not-found]
+
+    async def scenario() -> tuple[list[int], bool]:
+        elector = Elector(config("a"), backend=MemoryBackend())
+        runs: list[int] = []
+        enough = asyncio.Event()
+
+        @elector.guard
+        async def refresh() -> None:
+            runs.append(elector.check())
+            if len(runs) >= 3:
+                enough.set()
+
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler.add_job(refresh, "interval", seconds=0.1, id="refresh")
+        scheduler.start(paused=True)
+        follower = asyncio.create_task(follow_leadership(elector, scheduler))
+        try:
+            async with elector:
+                await asyncio.wait_for(enough.wait(), 10)
+            # The step-down event reaches the follower through the loop, which pauses the scheduler.
+            deadline = time.monotonic() + 10
+            while scheduler.state != STATE_PAUSED and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            paused = scheduler.state == STATE_PAUSED
+        finally:
+            follower.cancel()
+            scheduler.shutdown(wait=False)
+        return runs, paused
+
+    runs, paused = asyncio.run(scenario())
+    assert len(runs) >= 3 and len(set(runs)) == 1 and paused

@@ -51,6 +51,8 @@ def fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     (f'[[jobs]]\n{HELLO}\n', "unknown top-level key 'jobs' (did you mean 'job'?); jobs are [[job]] tables"),
     ('title = "x"\n', "unknown top-level key 'title'; jobs are [[job]] tables"),
     ('', "no jobs: add at least one [[job]] table with a callable"),
+    (f'[job]\n{HELLO}\n', "job: each job is a [[job]] table (double brackets), not [job] or job = ..."),
+    ('job = ["singleton.examples:hello"]\n', "job: each job is a [[job]] table (double brackets)"),
     (f'[[job]]\n{HELLO}\nevery = "5"\n', "job #1: every: must be a number (got a string '5')"),
     (f'[[job]]\n{HELLO}\ntimeout = true\n', "job #1: timeout: must be a number (got a boolean True)"),
     (f'[[job]]\n{HELLO}\nmax_instances = 1.5\n', "job #1: max_instances: must be a whole number (got a float 1.5)"),

@@ -86,6 +86,8 @@ def parse_jobs(document: dict[str, Any], where: str = "jobs file") -> list[tuple
             raise JobsFileError(f"{where}: unknown top-level key {key!r}{_hint(key, TOP_LEVEL)}; "
                                 f"jobs are [[job]] tables")
     tables = document.get("job")
+    if isinstance(tables, dict) or (isinstance(tables, list) and not all(isinstance(t, dict) for t in tables)):
+        raise JobsFileError(f"{where}: job: each job is a [[job]] table (double brackets), not [job] or job = ...")
     if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
         raise JobsFileError(f"{where}: no jobs: add at least one [[job]] table with a callable")
     jobs = [_parse_job(table, index, where) for index, table in enumerate(tables, start=1)]
