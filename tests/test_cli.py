@@ -100,8 +100,9 @@ def test_variables_of_any_command_and_the_non_option_ones_are_known() -> None:
     parser = build_parser()
     check_environment(parser, {"SINGLETON_JOB": "m:f", "SINGLETON_HTTP_PORT": "1", "SINGLETON_NAME": "n",
                                **{name: "x" for name in OTHER_ENV}})  # a pod's `run` variables, for `status`
-    with pytest.raises(UsageError, match="SINGLETON_JOBS"):
-        check_environment(parser, {"SINGLETON_JOBS": "m:f"})
+    check_environment(parser, {"SINGLETON_JOBS": "jobs.toml"})  # `run --jobs`
+    with pytest.raises(UsageError, match="SINGLETON_JOBZ"):
+        check_environment(parser, {"SINGLETON_JOBZ": "m:f"})
 
 
 def test_every_singleton_variable_the_package_reads_is_known() -> None:
@@ -115,7 +116,8 @@ def test_every_singleton_variable_the_package_reads_is_known() -> None:
 def test_a_missing_required_option_names_its_variable(capsys: pytest.CaptureFixture[str],
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     assert fails(["run", "--name", "n"], capsys) == ("singleton: error: --endpoints (or SINGLETON_ENDPOINTS) "
-                                                     "and --job (or SINGLETON_JOB) are required")
+                                                     "and either --job (or SINGLETON_JOB) or --jobs (or "
+                                                     "SINGLETON_JOBS) are required")
     monkeypatch.setenv("SINGLETON_JOB", "m:f")
     monkeypatch.setenv("SINGLETON_NAME", "n")
     assert fails(["status"], capsys) == "singleton: error: --endpoints (or SINGLETON_ENDPOINTS) is required"

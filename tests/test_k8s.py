@@ -172,3 +172,36 @@ def test_the_etcd_secret_is_created_by_the_user_never_applied() -> None:
     names = {v["secret"]["secretName"] for v in volumes}
     text = (K8S / "deployment.yaml").read_text() + (ROOT / "README.md").read_text()
     assert all(f"kubectl create secret generic {name}" in text for name in names)
+
+
+def test_the_jobs_file_is_valid_and_the_jobs_overlay_points_at_its_mount() -> None:
+    """k8s/jobs-configmap.yaml carries a jobs file (checked as `singleton run --jobs` checks it); the overlay
+    examples/jobs-k8s/ swaps SINGLETON_JOB for SINGLETON_JOBS pointing at where the Deployment mounts it. (An
+    overlay inside k8s/ would be refused by kustomize as a cycle.)"""
+    import tomllib
+
+    from singleton.ops.jobsfile import parse_jobs
+
+    manifests = all_docs()
+    files = manifests["ConfigMap/singleton-jobs"]["data"]
+    jobs = parse_jobs(tomllib.loads(files["jobs.toml"]), "jobs.toml")
+    assert len(jobs) >= 3 and len({spec.name for spec, _fn in jobs}) == len(jobs)
+    pod = manifests["Deployment/singleton"]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v.get("configMap", {}).get("name") == "singleton-jobs")
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+    overlay_dir = ROOT / "examples" / "jobs-k8s"
+    overlay = yaml.safe_load((overlay_dir / "kustomization.yaml").read_text())
+    assert (overlay_dir / overlay["resources"][0]).resolve() == K8S
+    (patch,) = overlay["patches"]
+    assert patch["target"] == {"kind": "ConfigMap", "name": "singleton-config"}
+    config = dict(manifests["ConfigMap/singleton-config"]["data"])
+    for op in yaml.safe_load(patch["patch"]):  # JSON patch (RFC 6902) ops on /data/<key>, applied by hand
+        key = op["path"].removeprefix("/data/")
+        if op["op"] == "remove":
+            del config[key]
+        else:
+            assert op["op"] == "add"
+            config[key] = op["value"]
+    assert "SINGLETON_JOB" not in config  # --job and --jobs exclude each other
+    assert config["SINGLETON_JOBS"] == f"{mount['mountPath']}/jobs.toml" and mount["readOnly"] is True
+    assert set(config) <= {env_name(opt) for opt in run_options()}

@@ -1,22 +1,20 @@
-"""The `singleton` command: run, status, resign, chaos, demo, dev-etcd. Every option of run, status and resign can
+"""The `singleton` command: run, status, next, resign, history, chaos, demo, dev-etcd. Every option of run, status and resign can
 also come from SINGLETON_<OPTION> (ops/cliargs.py)."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from singleton.core.config import Config, SettingError
 from singleton.core.errors import AuthError, ConfigError, SingletonError
 from singleton.ops.cliargs import (CONTROL_VERBS, ENV_PREFIX, UsageError, build_parser, check_environment, check_password_flag,
                                    check_required, describe_setting_error, env_name, given_flags)
-from singleton.runtime.jobs import JobFn
+from singleton.ops.jobsfile import load_job  # `--job M:F`; here too for those who import it from the CLI
 from singleton.ops.logs import setup_logging
 
 __all__ = ["ENV_PREFIX", "build_parser", "env_name", "load_job", "main"]  # the parser lives in cliargs.py
@@ -24,31 +22,6 @@ __all__ = ["ENV_PREFIX", "build_parser", "env_name", "load_job", "main"]  # the 
 if TYPE_CHECKING:
     from singleton.ops.http import HttpServer
     from singleton.runtime.runner import Singleton
-
-def load_job(path: str) -> JobFn:
-    """`package.module:callable` (the current directory is importable, as with `python -m`)."""
-    module_name, sep, attr = path.partition(":")
-    if module_name.endswith(".py") or "/" in module_name or os.sep in module_name:
-        file = Path(module_name)
-        where = "its directory" if str(file.parent) in ("", ".") else f"{file.parent}{os.sep}, its directory"
-        raise ConfigError(f"bad job {path!r}: a module path, not a file: use {file.stem.removesuffix('.py')}:"
-                          f"{attr or 'FUNCTION'} (run from {where})")
-    if not sep or not module_name or not attr:
-        raise ConfigError(f"bad job {path!r}: expected package.module:callable")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is the user's config error
-        raise ConfigError(f"cannot import job module {module_name!r}: {type(exc).__name__}: {exc}") from exc
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"job {path!r}: {module_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"job {path!r} is not callable")
-    return obj  # type: ignore[no-any-return]
-
 
 def _config(args: argparse.Namespace, **extra: Any) -> Config:
     return Config(endpoints=args.endpoints, name=args.name, prefix=args.prefix, cacert=args.cacert or None,
@@ -152,7 +125,9 @@ def cmd_run(args: argparse.Namespace, given: set[str]) -> int:
                          sense_port=args.sense_port, advertise_host=args.advertise_host, **extra)
     except SettingError as err:
         raise ConfigError(describe_setting_error(err, given)) from None
-    job = load_job(args.job)  # all checked before anything touches etcd
+    # All checked before anything touches etcd: the one job, or every job of the file (callables imported).
+    jobs = _jobs_from_file(args.jobs, given) if args.jobs else None
+    job = None if jobs is not None else load_job(args.job)
     setup_logging(args.log_level, args.log_format, config.replica_id)
     token = _read_token(args.admin_token_file)
     if args.admin_address:
@@ -166,6 +141,8 @@ def cmd_run(args: argparse.Namespace, given: set[str]) -> int:
 
     setup_telemetry(config.replica_id)
     singleton = Singleton(config, job)  # its etcd channels open on first use, not here
+    for spec, fn in jobs or ():
+        singleton.add_job(spec, fn)
     closers: list[Callable[[], object]] = []
     try:
         # Our ports before etcd: a second replica on this host with the same port stops here, having
@@ -185,6 +162,45 @@ def cmd_run(args: argparse.Namespace, given: set[str]) -> int:
     return 0
 
 
+# `singleton run` options that set the single --job's policies; with --jobs each job sets its own in the file.
+_SINGLE_JOB_FLAGS = {"--job-timeout": "timeout", "--catch-up": "catch_up", "--catch-up-window": "catch_up_window"}
+
+
+def _jobs_from_file(path: str, given: set[str]) -> list[tuple[Any, Any]]:
+    from singleton.ops.jobsfile import load_jobs_file
+
+    for flag, key in _SINGLE_JOB_FLAGS.items():
+        if flag in given:
+            raise ConfigError(f"{flag} ({env_name(flag)}) applies to --job; with --jobs set {key} = ... "
+                              f"for each [[job]] in {path}")
+    return load_jobs_file(path)
+
+
+def cmd_next(args: argparse.Namespace) -> int:
+    import time
+
+    from singleton.ops.jobsview import load_jobs, parse_at, show_next
+
+    wall = parse_at(args.at) if args.at else time.time()
+    return show_next(load_jobs(args.jobs, args.job), wall, args.count, as_json=args.json)
+
+
+def _add_jobs_status(config: Config, specs: list[Any], status: dict[str, Any]) -> None:
+    """`status` with a jobs file, or with jobs recorded in etcd: a line per job (its last run, next instants)."""
+    from singleton.backends.etcd import EtcdBackend
+    from singleton.ops.jobsview import jobs_status
+
+    backend = EtcdBackend.from_config(config)
+    try:
+        status["jobs"] = jobs_status(backend, config, specs)
+    except SingletonError:
+        if specs:
+            raise
+        status["jobs"] = []  # no jobs file, and the per-job records cannot be read: nothing more to say
+    finally:
+        backend.close()
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     if args.watch:
         from singleton.ops.commands import watch_leader
@@ -192,8 +208,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         return watch_leader(_config(args), as_json=args.json, max_events=args.max_events)
     from singleton.ops.commands import describe_runs, describe_vacancy, leader_status
 
+    from singleton.ops.jobsview import describe_job_status, load_jobs
+
     config = _config(args)
+    # A bad jobs file is a usage error before we ask etcd anything.
+    specs = [spec for spec, _fn in load_jobs(args.jobs, None)] if args.jobs else []
     status = leader_status(config, job=args.job)
+    _add_jobs_status(config, specs, status)
+    if not status["jobs"]:
+        del status["jobs"]
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -210,6 +233,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     for state in status.get("control") or []:  # paused jobs, pending skips and triggers
         print(describe_line(args.name, state))
+    for job in status.get("jobs", []):
+        print(f"{args.name}: {describe_job_status(job)}")
     return 0
 
 
@@ -242,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_history(args)
         if args.command in CONTROL_VERBS:
             return cmd_control(args)
+        if args.command == "next":
+            return cmd_next(args)
         if args.command == "chaos":
             from singleton.chaos.command import chaos_access, run_chaos
 

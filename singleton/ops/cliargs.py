@@ -58,6 +58,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.env_options: dict[str, str] = {}  # SINGLETON_X -> --x, for the options that read one
         self.required_options: list[tuple[str, str]] = []  # (dest, flag) that neither argv nor env gave
+        self.one_of_options: list[tuple[str, ...]] = []  # flags of which exactly one must be given (argv or env)
 
     def error(self, message: str) -> NoReturn:  # one clear line, exit 2, no usage dump
         self.exit(2, f"singleton: error: {message}\n")
@@ -114,9 +115,19 @@ def _add_credentials(parser: _Parser) -> None:
     _option(parser, "--password-file", default="", help="file holding the etcd user's password")
 
 
+def _add_job_source(parser: _Parser, *, required: bool) -> None:
+    """`--job M:F` (one job, every second) or `--jobs FILE` (a jobs.toml): exactly one, for `run`."""
+    _option(parser, "--job", help="package.module:callable taking the tick context, run every second "
+            "(or --jobs)")
+    _option(parser, "--jobs", help="a jobs.toml file: many jobs, each with its callable, schedule (every / cron), "
+            "tz and policies (see the README; or --job)")
+    if required:
+        parser.one_of_options.append(("--job", "--jobs"))
+
+
 def _add_run(run: _Parser) -> None:
     _add_connection(run)
-    _option(run, "--job", required=True, help="package.module:callable taking the tick context")
+    _add_job_source(run, required=True)
     _option(run, "--id", help="replica id (default: host-pid-random)")
     _option(run, "--lease-ttl", type=float, default=DEFAULT.lease_ttl_s, help="lease TTL, whole seconds")
     _option(run, "--keepalive-interval", type=float, default=DEFAULT.keepalive_interval_s,
@@ -170,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     # No SINGLETON_JOB variable here: in a replica's pod that names the callable of `run --job`.
     status.add_argument("--job", default=None, help="the runs of this named job (default: the single job of "
                         "`run --job`)")
+
+    _option(status, "--jobs", help="a jobs.toml file: list each job's last run and next instants")
+
+    upcoming = sub.add_parser("next", help="each job's next instants, in UTC and in its zone (no etcd needed; "
+                              "the same on every replica)")
+    _add_job_source(upcoming, required=True)
+    upcoming.add_argument("--count", type=int, default=5, help="how many instants per job")
+    upcoming.add_argument("--at", default="", help="from this time instead of now: ISO 8601, e.g. "
+                          "2026-03-29T00:00:00Z (no offset: UTC)")
+    upcoming.add_argument("--json", action="store_true", help="machine-readable output")
 
     resign = sub.add_parser("resign", help="ask the current leader to step down gracefully")
     _add_connection(resign)
@@ -259,16 +280,32 @@ def check_environment(parser: argparse.ArgumentParser, environ: Mapping[str, str
         parts = []
         for name in unknown:
             # Compared without the shared prefix, which would make every name look close.
-            close = difflib.get_close_matches(name[len(ENV_PREFIX):], [k[len(ENV_PREFIX):] for k in sorted(known)],
-                                              n=1, cutoff=0.75)
-            parts.append(f"{name} (did you mean {ENV_PREFIX}{close[0]}?)" if close else name)
+            close = closest(name[len(ENV_PREFIX):], [k[len(ENV_PREFIX):] for k in sorted(known)])
+            parts.append(f"{name} (did you mean {ENV_PREFIX}{close}?)" if close else name)
         verb = "matches no option" if len(unknown) == 1 else "match no option"
         raise UsageError(f"environment variable {', '.join(parts)} {verb}: fix or unset it")
+
+
+def closest(word: str, candidates: Sequence[str], cutoff: float = 0.75) -> str | None:
+    """The one probably meant (a misspelt variable, a jobs file's misspelt key), or None."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def _dest(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
 
 def check_required(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     sp = subparsers(parser)[args.command]
     missing = [f"{flag} (or {env_name(flag)})" for dest, flag in sp.required_options if getattr(args, dest) is None]
+    for flags in sp.one_of_options:
+        given = [flag for flag in flags if getattr(args, _dest(flag))]
+        if not given:
+            missing.append("either " + " or ".join(f"{flag} (or {env_name(flag)})" for flag in flags))
+        elif len(given) > 1:
+            raise UsageError(f"{' and '.join(given)} exclude each other (set on the command line or by "
+                             f"{' / '.join(env_name(f) for f in given)}): give one")
     if missing:
         raise UsageError(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required")
 
