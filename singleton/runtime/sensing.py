@@ -75,7 +75,9 @@ class Sensor:
                     probing = self.sense.state is State.PROBING
                     outcome = self._connect()
                     step = self.sense.connected(outcome)
-                    if probing and self.sense.state is State.CONNECTING:
+                    if not probing and self.sense.state is State.CONNECTED:
+                        log.info("sensing leader %s at %s:%d", self.leader, self.host, self.port)
+                    elif probing and self.sense.state is State.CONNECTING:
                         log.info("leader %s is not known dead: its sensing port answered %s", self.leader,
                                  outcome.value)
                     elif self.sense.state is State.CONNECTING and not self._said_unreachable:
