@@ -78,8 +78,8 @@ def one_round(h: Holders, fault: str, backend: EtcdBackend | None, deletes: KeyD
         raise SystemExit(f"{h.peer} {fault}: no takeover within {TTL_S * 3 + 30:g} s; logs in {h.work}")
     out = {"takeover_s": new.start_mono - sent}
     if fault == "graceful":
-        last_old = max(t for t in h.ticks() if t.replica == old.replica and t.start_mono < new.start_mono
-                       ) if any(t.replica == old.replica for t in h.ticks()) else old
+        last_old = max((t for t in h.ticks() if t.replica == old.replica and t.start_mono < new.start_mono),
+                       key=lambda t: t.start_mono, default=old)
         out["gap_s"] = new.start_mono - last_old.start_mono
         out["missed"] = new.slot - last_old.slot - 1
     if left is not None and left > 0:

@@ -28,8 +28,11 @@ def etcdctl() -> str:
 
 
 class Holders:
-    def __init__(self, peer: str, target: str, work: Path, name: str, proxied: bool = True) -> None:
+    def __init__(self, peer: str, target: str, work: Path, name: str, proxied: bool = True,
+                 endpoints: str | None = None) -> None:
+        """`endpoints` (unproxied only): every member, comma-separated, instead of `target` alone."""
         self.peer, self.target, self.work, self.name, self.proxied = peer, target, work, name, proxied
+        self.endpoints = endpoints
         self.ledger = work / f"{peer}-ledger.jsonl"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.proxies: dict[str, CuttableProxy] = {}
@@ -48,7 +51,7 @@ class Holders:
     def start(self) -> str:
         replica = f"{self.peer}-{self._n}"
         self._n += 1
-        endpoint = f"http://{self.target}"
+        endpoint = self.endpoints or f"http://{self.target}"
         if self.proxied:
             host, port = self.target.rsplit(":", 1)
             proxy = self.proxies[replica] = CuttableProxy(host, int(port))

@@ -30,7 +30,7 @@ def append(path: str, record: dict[str, object]) -> None:
         os.close(fd)
 
 
-def tick_loop(replica: str, ledger: str, stop: threading.Event, refresh: Callable[[], None] | None) -> None:
+def tick_loop(replica: str, ledger: str, stop: threading.Event, refresh: Callable[[], object] | None) -> None:
     next_refresh = time.monotonic() + REFRESH_S
     while not stop.is_set():
         if stop.wait(1 - time.time() % 1):

@@ -45,7 +45,7 @@ def run(cluster: EtcdCluster, record: bool, ticks: int) -> tuple[list[float], Co
     def job(ctx: TickContext) -> None:
         lateness_s.append(time.time() - ctx.slot)
 
-    config = Config(endpoints=cluster.endpoints, name=f"bench-{'on' if record else 'off'}-{os.getpid()}",
+    config = Config(endpoints=tuple(cluster.endpoints), name=f"bench-{'on' if record else 'off'}-{os.getpid()}",
                     replica_id=f"bench-{record}", run_record=record)
     app = Singleton(config, job)
     with app:
