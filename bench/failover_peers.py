@@ -88,6 +88,7 @@ def one_round(h: Holders, fault: str, backend: EtcdBackend | None, deletes: KeyD
     if deleted is not None:
         # etcd deletes the key when it finds the lease expired; a standby can tick at the next whole second.
         out["deleted_after_s"] = deleted - wall_sent
+        out["deleted_frac"] = deleted % 1  # where in its second etcd deleted the key (seen by our watch)
         out["excess_s"] = new.start_wall - (int(deleted) + 1)
     if fault in ("pause", "partition"):
         if fault == "partition":
@@ -168,7 +169,12 @@ def main() -> int:
                             f"whole seconds, p50 {median([r.get('lease_left_s', 0) for r in rs]):.0f} s; deletion "
                             f"minus lease left p50 {median(gone) * 1e3:.0f} ms); first tick elsewhere minus the "
                             f"first whole second after the delete: p50 {median(excess) * 1e3:.0f} ms, min "
-                            f"{min(excess) * 1e3:.0f} ms, max {max(excess) * 1e3:.0f} ms")
+                            f"{min(excess) * 1e3:.0f} ms, max {max(excess) * 1e3:.0f} ms; a second later than that "
+                            f"in {sum(e > 0.5 for e in excess)} rounds, whose deletes came at "
+                            + (", ".join(f".{int(r['deleted_frac'] * 1000):03d}" for r in rs if r['excess_s'] > 0.5)
+                               or "–") + " of their second (the others at "
+                            + (", ".join(f".{int(r['deleted_frac'] * 1000):03d}" for r in rs if r['excess_s'] <= 0.5)
+                               or "–") + ")")
         probe.close()
     lines += ["", f"Singleton against its lease (goal: the first whole second after the lease is gone, nothing "
               f"later; {time.monotonic() - started:.0f} s in all):", "", *explain]

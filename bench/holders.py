@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import singleton
 from singleton.dev.ledger import LEDGER_ENV, Tick, read_ledger
 from singleton.testing.proxy import CuttableProxy
 
@@ -56,11 +57,14 @@ class Holders:
             host, port = self.target.rsplit(":", 1)
             proxy = self.proxies[replica] = CuttableProxy(host, int(port))
             endpoint = proxy.endpoint
-        env = {**os.environ, LEDGER_ENV: str(self.ledger)}
+        # The replicas run the very code this bench imported (not whatever `-m` finds in the working directory).
+        code = str(Path(singleton.__file__).resolve().parent.parent)
+        env = {**os.environ, LEDGER_ENV: str(self.ledger),
+               "PYTHONPATH": os.pathsep.join(filter(None, [code, os.environ.get("PYTHONPATH")]))}
         with open(self.work / f"{replica}.log", "ab") as log:
             self.procs[replica] = subprocess.Popen(self._command(endpoint, replica), env=env, stdout=log,
                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                   start_new_session=True)
+                                                   start_new_session=True, cwd=self.work)
         return replica
 
     def ticks(self) -> list[Tick]:

@@ -32,6 +32,8 @@ from singleton.dev.embedded import EtcdCluster  # noqa: E402
 from singleton.dev.ledger import LEDGER_ENV  # noqa: E402
 from singleton.runtime.jobs import JobRunner  # noqa: E402
 
+WAITS = {"Condition.wait", "Event.wait", "Queue.get", "_wait_once", "wait", "channel_spin",
+         "_run_channel_spin_thread.<locals>.channel_spin", "select", "sleep", "poll"}
 STAGES = ["ticker decides to run (check_due)", "hand-off starts (JobRunner.start)",
           "job thread's first line (JobRunner._run_sync)", "job's first line"]
 
@@ -102,24 +104,29 @@ def py_spy(endpoints: str, seconds: float, work: Path) -> list[str]:
         return [f"py-spy failed ({spy.returncode}): {spy.stderr.strip().splitlines()[-1:]}"]
     own: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
-    total = 0
+    total = waiting = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         n = int(count)
         frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
                   for f in stack.split(";")[1:]]  # [0] is the process/thread
         total += n
-        if frames:
-            own[frames[-1]] += n
+        if not frames or frames[-1].split(" (")[0] in WAITS:
+            waiting += n  # a thread parked in a (timed) wait: py-spy's idle test misses these
+            continue
+        own[frames[-1]] += n
         for frame in set(frames):
             incl[frame] += n
+    busy = total - waiting
     lines = [f"py-spy, {seconds:g} s at 250 Hz on a `singleton run` leader (ledger job, run record on): {total} "
-             f"samples py-spy took for non-idle (it counts a thread in a timed `Condition.wait` as busy, so these "
-             f"over-state CPU); the kernel's count for the same window (py-spy's own share included): "
-             f"{cpu_share * 100:.2f} % of a core = {cpu_share * 1e3:.2f} ms of CPU per tick.", "",
+             f"samples py-spy counted as not idle, of which {waiting} were threads parked in a timed wait (gRPC's "
+             f"100 ms `Condition.wait` polls, its channel spin thread): {busy} samples of work = "
+             f"{busy / 250 / seconds * 1e3:.2f} ms per tick. The kernel's count for the same window (py-spy's own "
+             f"share included): {cpu_share * 100:.2f} % of a core = {cpu_share * 1e3:.2f} ms of CPU per tick.", "",
+             "Where the work samples are (the busiest functions, with their callees):", "",
              "| function (file) | own samples | with callees |", "|---|---|---|"]
-    for frame, n in incl.most_common(25):
-        lines.append(f"| `{frame}` | {own[frame]} | {n} ({n / total * 100:.0f} %) |")
+    for frame, n in incl.most_common(30):
+        lines.append(f"| `{frame}` | {own[frame]} | {n} ({n / max(1, busy) * 100:.0f} %) |")
     return lines
 
 
