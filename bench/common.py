@@ -12,6 +12,9 @@ import urllib.request
 from collections import Counter
 from collections.abc import Sequence
 
+# Every server a bench starts listens on loopback (fast failover's sensing listener included).
+os.environ.setdefault("SINGLETON_SENSE_HOST", "127.0.0.1")
+
 # Requests etcd served, by gRPC method (its own counters: no client's word for it).
 _COUNTER = r'^{metric}\{{[^}}]*grpc_method="(\w+)"[^}}]*\}} (\S+)$'
 

@@ -43,7 +43,8 @@ class Holders:
         worker = [sys.executable, str(HERE / "lock_worker.py")]
         if self.peer == "singleton":
             return [sys.executable, "-m", "singleton", "run", "--endpoints", endpoint, "--name", self.name,
-                    "--job", "singleton.dev.ledger:record_tick", "--id", replica, "--http-port", "0"]
+                    "--job", "singleton.dev.ledger:record_tick", "--id", replica, "--http-port", "0",
+                    "--sense-host", "127.0.0.1"]
         if self.peer == "etcdctl":
             return [etcdctl(), f"--endpoints={endpoint}", "lock", "--ttl", "10", self.name,
                     *worker, "tick", endpoint, self.name, replica, str(self.ledger)]
