@@ -163,11 +163,13 @@ def main() -> int:
                     if rs:
                         excess = [r["excess_s"] for r in rs]
                         gone = [r["deleted_after_s"] - r["lease_left_s"] for r in rs if "lease_left_s" in r]
+                        lapse = (f"deletion minus lease left p50 {median(gone) * 1e3:.0f} ms" if median(gone) > -1
+                                 else "deleted long before: a standby sensed the death and revoked the lease")
                         explain.append(
                             f"- {fault} ({len(rs)} rounds): fault → etcd deletes the key p50 "
                             f"{median([r['deleted_after_s'] for r in rs]):.2f} s (lease left at the fault, etcd's "
-                            f"whole seconds, p50 {median([r.get('lease_left_s', 0) for r in rs]):.0f} s; deletion "
-                            f"minus lease left p50 {median(gone) * 1e3:.0f} ms); first tick elsewhere minus the "
+                            f"whole seconds, p50 {median([r.get('lease_left_s', 0) for r in rs]):.0f} s; {lapse}); "
+                            f"first tick elsewhere minus the "
                             f"first whole second after the delete: p50 {median(excess) * 1e3:.0f} ms, min "
                             f"{min(excess) * 1e3:.0f} ms, max {max(excess) * 1e3:.0f} ms; a second later than that "
                             f"in {sum(e > 0.5 for e in excess)} rounds, whose deletes came at "
