@@ -73,7 +73,7 @@ def main() -> int:
     for path in sorted(OUT.glob("*.md")):
         if path.name not in listed:  # a table of a one-off run the notes refer to
             body = path.read_text().strip()
-            sections += [f"## More: {path.stem}", "", body.removeprefix("<!-- ").replace(" -->", "", 1)
+            sections += [f"## More: {path.stem}", "", body.removeprefix("<!-- ").replace(" -->", "\n", 1)
                          if body.startswith("<!--") else body, ""]
     (DOCS / "BENCHMARKS.md").write_text("\n".join(sections))
     print(f"wrote {DOCS / 'BENCHMARKS.md'}")

@@ -21,7 +21,8 @@ from collections import Counter
 from singleton import Config, Singleton, TickContext
 from singleton.dev.embedded import EtcdCluster
 
-_HANDLED = re.compile(r'^grpc_server_handled_total\{[^}]*grpc_method="(\w+)"[^}]*\} (\S+)$', re.M)
+# Request messages received (not calls handled: a keepalive stream lives across renewals and ends only with its term).
+_HANDLED = re.compile(r'^grpc_server_msg_received_total\{[^}]*grpc_method="(\w+)"[^}]*\} (\S+)$', re.M)
 
 
 def pct(values: list[float], p: float) -> float:
