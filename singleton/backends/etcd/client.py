@@ -23,7 +23,7 @@ from singleton.backends.etcd.errors import token_rejected, translate
 from singleton.backends.etcd.keepalive import KeepAliveStreams as _KeepAliveStreams
 from singleton.backends.etcd.watch import kv_of, watch
 from singleton.core.config import Endpoint
-from singleton.core.errors import BackendError, BackendTimeout, BackendUnavailable, LeaseNotFound
+from singleton.core.errors import BackendError, BackendTimeout, LeaseNotFound
 from singleton.core.security import Credentials
 
 Metadata = list[tuple[str, str]]
