@@ -29,6 +29,8 @@ BENCHES = [
      "scale.md"),
     ("Profile of the tick path", "profile_tick.py", ["--ticks", "120", "--py-spy-s", "120"],
      ["--ticks", "30", "--py-spy-s", "30"], "profile.md"),
+    ("Many jobs on one leader", "jobs.py", ["--seconds", "20", "--counts", "1,20,200"],
+     ["--seconds", "8", "--counts", "1,20"], "jobs.md"),
     ("What the run record costs", "run_record.py", ["--ticks", "60"], ["--ticks", "20"], "run-record.md"),
 ]
 

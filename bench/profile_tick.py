@@ -3,9 +3,9 @@
     python bench/profile_tick.py [--ticks 60] [--py-spy-s 60] [--out docs/bench/profile.md]
 
 1. Stages, timed in this process on a real leader (default timings, run record on, one-member etcd): the bench
-   wraps (never edits) the tick path's functions with a clock read at their entry: the ticker's last check after
+   wraps (never edits) the tick path's functions with a clock read at their entry: the loop's last check after
    its wake-up (ticker.check_due returning "run"), JobRunner.start (the hand-off), JobRunner._run_sync (first line
-   in the job's thread), and the job's own first line. Lateness of each against the slot's whole second.
+   in the worker that runs the job), and the job's own first line. Lateness of each against the slot's whole second.
 2. CPU, sampled by py-spy (PyPI) on a separate `singleton run` leader for --py-spy-s seconds (0: skip):
    samples by function, own time and with callees, busiest first. Figures, never pass/fail.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, median, pct, write_out  # noqa: E402
 
-import singleton.runtime.leadership as leadership  # noqa: E402
+import importlib  # noqa: E402
 from singleton import Config, Singleton, TickContext  # noqa: E402
 from singleton.core.ticker import Verdict  # noqa: E402
 from singleton.dev.embedded import EtcdCluster  # noqa: E402
@@ -35,18 +35,28 @@ from singleton.runtime.jobs import JobRunner  # noqa: E402
 WAITS = {"Condition.wait", "Event.wait", "Queue.get", "_wait_once", "wait", "channel_spin",
          "_run_channel_spin_thread.<locals>.channel_spin", "select", "sleep", "poll"}
 STAGES = ["ticker decides to run (check_due)", "hand-off starts (JobRunner.start)",
-          "job thread's first line (JobRunner._run_sync)", "job's first line"]
+          "worker's first line (JobRunner._run_sync)", "job's first line"]
+
+
+def _module(name: str) -> object | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
 
 def stages(endpoints: tuple, ticks: int) -> tuple[dict[str, list[float]], int]:
     marks: dict[int, dict[str, float]] = collections.defaultdict(dict)
     current = threading.local()
-    original_check_due, original_start = leadership.check_due, JobRunner.start
+    # The tick loop lives in runtime/ticking.py (many jobs) or, in older trees, runtime/leadership.py.
+    loop = next(m for m in (_module("singleton.runtime.ticking"), _module("singleton.runtime.leadership"))
+                if m is not None and hasattr(m, "check_due"))
+    original_check_due, original_start = loop.check_due, JobRunner.start
     original_run_sync = getattr(JobRunner, "_run_sync", None)
 
-    def check_due(plan, wall, mono):  # type: ignore[no-untyped-def]
+    def check_due(plan, wall, *rest):  # type: ignore[no-untyped-def]
         now = time.time()
-        due = original_check_due(plan, wall, mono)
+        due = original_check_due(plan, wall, *rest)
         if due.verdict is Verdict.RUN:
             marks[plan.slot][STAGES[0]] = now
         return due
@@ -66,7 +76,7 @@ def stages(endpoints: tuple, ticks: int) -> tuple[dict[str, list[float]], int]:
         if sum(1 for m in marks.values() if STAGES[3] in m) >= ticks + 2:
             done.set()
 
-    leadership.check_due = check_due
+    loop.check_due = check_due
     JobRunner.start = start  # type: ignore[method-assign]
     if original_run_sync is not None:
         JobRunner._run_sync = run_sync  # type: ignore[method-assign]
@@ -74,7 +84,7 @@ def stages(endpoints: tuple, ticks: int) -> tuple[dict[str, list[float]], int]:
         with Singleton(Config(endpoints=endpoints, name=f"profile-{os.getpid()}", replica_id="profile"), job):
             done.wait(ticks + 60)
     finally:
-        leadership.check_due, JobRunner.start = original_check_due, original_start  # type: ignore[method-assign]
+        loop.check_due, JobRunner.start = original_check_due, original_start  # type: ignore[method-assign]
         if original_run_sync is not None:
             JobRunner._run_sync = original_run_sync  # type: ignore[method-assign]
     slots = sorted(s for s, m in marks.items() if STAGES[3] in m)[2:]  # the first two are warm-up
