@@ -57,8 +57,9 @@ def main() -> int:
         (OUT / out).write_text(f"<!-- `python bench/{script} {' '.join(quick if args.quick else full)}` ({mode}), "
                                f"{time.monotonic() - started:.0f} s -->\n" + text)
     sections = ["# Benchmarks", "",
-                "Figures, never pass/fail, all measured in one run of `python bench/all.py` on the machine each "
-                "table names (cores, load). Each table is also regenerated alone by the command above it.", ""]
+                "Figures, never pass/fail, each table on the machine it names (cores, load). `python bench/all.py` "
+                "regenerates them all; each is also regenerated alone by the command above it, which says how it "
+                "was run.", ""]
     notes = OUT / "notes.md"
     if notes.exists():
         sections += [notes.read_text().strip(), ""]
