@@ -21,7 +21,8 @@ from collections import Counter
 from singleton import Config, Singleton, TickContext
 from singleton.dev.embedded import EtcdCluster
 
-_HANDLED = re.compile(r'^grpc_server_handled_total\{[^}]*grpc_method="(\w+)"[^}]*\} (\S+)$', re.M)
+# Request messages received (not calls handled: a keepalive stream lives across renewals and ends only with its term).
+_HANDLED = re.compile(r'^grpc_server_msg_received_total\{[^}]*grpc_method="(\w+)"[^}]*\} (\S+)$', re.M)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -45,7 +46,7 @@ def run(cluster: EtcdCluster, record: bool, ticks: int) -> tuple[list[float], Co
     def job(ctx: TickContext) -> None:
         lateness_s.append(time.time() - ctx.slot)
 
-    config = Config(endpoints=cluster.endpoints, name=f"bench-{'on' if record else 'off'}-{os.getpid()}",
+    config = Config(endpoints=tuple(cluster.endpoints), name=f"bench-{'on' if record else 'off'}-{os.getpid()}",
                     replica_id=f"bench-{record}", run_record=record)
     app = Singleton(config, job)
     with app:

@@ -20,9 +20,10 @@ from etcd3.etcdrpc import rpc_pb2_grpc as pb_grpc
 
 from singleton.backends.abc import Backend, CampaignResult, Claim, KeyValue, Lease, WatchEvent, campaign_won
 from singleton.backends.etcd.errors import token_rejected, translate
+from singleton.backends.etcd.keepalive import KeepAliveStreams as _KeepAliveStreams
 from singleton.backends.etcd.watch import kv_of, watch
 from singleton.core.config import Endpoint
-from singleton.core.errors import BackendError, BackendTimeout, BackendUnavailable, LeaseNotFound
+from singleton.core.errors import BackendError, BackendTimeout, LeaseNotFound
 from singleton.core.security import Credentials
 
 Metadata = list[tuple[str, str]]
@@ -36,6 +37,9 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.enable_retries", 0),
 ]
+# etcd refuses client pings closer together than its --grpc-keepalive-min-time (5 s by default) and then drops
+# the connection ("too_many_pings"): the watch's liveness pings never come faster than this.
+_MIN_PING_INTERVAL_S = 5.0
 
 
 def _left(deadline: float, what: str) -> float:
@@ -47,7 +51,7 @@ def _left(deadline: float, what: str) -> float:
 
 class EtcdBackend(Backend):
     def __init__(self, endpoints: Sequence[Endpoint], *, credentials: Credentials | None = None,
-                 watch_check_interval_s: float = 3.0, watch_check_timeout_s: float = 2.0) -> None:
+                 watch_check_interval_s: float = _MIN_PING_INTERVAL_S, watch_check_timeout_s: float = 2.0) -> None:
         if not endpoints:
             raise ValueError("at least one endpoint")
         self._endpoints = list(endpoints)
@@ -56,27 +60,62 @@ class EtcdBackend(Backend):
         self._lock = threading.Lock()
         self._current = 0
         self._channels: dict[int, grpc.Channel] = {}
-        self._watch_check_interval_s = watch_check_interval_s
+        # While a stream is open, gRPC's core pings the member this often and breaks the stream when a ping goes
+        # unanswered for the timeout: a hung member is noticed with no timer of ours (an idle watch never wakes).
+        self._watch_check_interval_s = max(_MIN_PING_INTERVAL_S, watch_check_interval_s)
         self._watch_check_timeout_s = watch_check_timeout_s
+        self._last_ok_at = float("-inf")
+        self._open_watches = 0  # answered watch streams still open: each proves the connection alive (pings)
+        self._keepalive = _KeepAliveStreams()
         self.closing = False  # set by close(): a watch cut by it is not a failure
+
+    @property
+    def last_ok_at(self) -> float:
+        """Now, while an answered watch stream is open (its keepalive pings would have broken it otherwise);
+        else the time of the last answer."""
+        with self._lock:
+            return time.monotonic() if self._open_watches else self._last_ok_at
+
+    @last_ok_at.setter
+    def last_ok_at(self, value: float) -> None:
+        self._last_ok_at = value
+
+    def watch_opened(self) -> None:
+        with self._lock:
+            self._open_watches += 1
+
+    def watch_closed(self) -> None:
+        with self._lock:
+            self._open_watches -= 1
+            self._last_ok_at = time.monotonic()
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> EtcdBackend:
         return cls(config.endpoints, credentials=config.credentials, **kwargs)
 
     # --- channels, auth and the one call path --------------------------------------------------------
+    def _channel_options(self) -> list[tuple[str, int]]:
+        return [*_CHANNEL_OPTIONS,
+                ("grpc.keepalive_time_ms", int(self._watch_check_interval_s * 1000)),
+                ("grpc.keepalive_timeout_ms", int(self._watch_check_timeout_s * 1000)),
+                # gRPC 1.85 bounds a keepalive ping's wait by the generic ping timeout (60 s), not the one above.
+                ("grpc.http2.ping_timeout_ms", int(self._watch_check_timeout_s * 1000)),
+                ("grpc.keepalive_permit_without_calls", 0),  # only while a stream is open: etcd's policy
+                ("grpc.http2.max_pings_without_data", 0)]  # an idle watch sends no data, yet must be pinged
+
     def _channel(self, index: int) -> grpc.Channel:
         with self._lock:
             channel = self._channels.get(index)
             if channel is None:
                 endpoint = self._endpoints[index]
+                options = self._channel_options()
                 if endpoint.secure:
                     creds = self._credentials or Credentials()
                     channel = grpc.secure_channel(endpoint.target, grpc.ssl_channel_credentials(
                         root_certificates=creds.ca, private_key=creds.key, certificate_chain=creds.cert),
-                        _CHANNEL_OPTIONS)
+                        options)
                 else:
-                    channel = grpc.insecure_channel(endpoint.target, _CHANNEL_OPTIONS)
+                    channel = grpc.insecure_channel(endpoint.target, options)
                 self._channels[index] = channel
             return channel
 
@@ -168,17 +207,8 @@ class EtcdBackend(Backend):
         return Lease(resp.ID, float(resp.TTL))
 
     def keep_alive_once(self, lease_id: int, timeout_s: float) -> float:
-        def invoke(channel: grpc.Channel, remaining: float, metadata: Metadata) -> float:
-            stream = pb_grpc.LeaseStub(channel).LeaseKeepAlive(iter([pb.LeaseKeepAliveRequest(ID=lease_id)]),
-                                                               timeout=remaining, metadata=metadata)
-            try:
-                for resp in stream:
-                    return float(resp.TTL)
-                raise BackendUnavailable("keepalive stream closed without an answer")
-            finally:
-                stream.cancel()
-
-        return float(self._call(f"renew lease {lease_id:x}", invoke, timeout_s))
+        """One renewal with its own deadline, sent on the lease's one open LeaseKeepAlive stream (keepalive.py)."""
+        return float(self._call(f"renew lease {lease_id:x}", self._keepalive.invoke(lease_id), timeout_s))
 
     def lease_remaining_s(self, lease_id: int, timeout_s: float) -> float:
         resp = self._unary(f"lease {lease_id:x} TTL", pb_grpc.LeaseStub, "LeaseTimeToLive",
@@ -186,6 +216,7 @@ class EtcdBackend(Backend):
         return float(resp.TTL)  # etcd answers -1 for a lease it does not have
 
     def revoke_lease(self, lease_id: int, timeout_s: float) -> None:
+        self._keepalive.forget(lease_id)
         try:
             self._unary(f"revoke lease {lease_id:x}", pb_grpc.LeaseStub, "LeaseRevoke",
                         pb.LeaseRevokeRequest(ID=lease_id), timeout_s)
@@ -304,6 +335,7 @@ class EtcdBackend(Backend):
 
     def close(self) -> None:
         self.closing = True  # watches cut by this end quietly
+        self._keepalive.forget(None)
         with self._lock:
             channels, self._channels = list(self._channels.values()), {}
         for channel in channels:

@@ -3,7 +3,6 @@ delivered when that member fails or falls silent, so no event is lost."""
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -16,8 +15,9 @@ from etcd3.etcdrpc import rpc_pb2_grpc as pb_grpc
 
 from singleton.backends.abc import KeyValue, WatchEvent
 from singleton.backends.etcd.errors import PERMISSION_DENIED, translate
+from singleton.backends.etcd.wakeup import on_set
 from singleton.core.repeats import RepeatedFailures
-from singleton.core.errors import AuthError, BackendError, BackendTimeout, BackendUnavailable, WatchCompacted
+from singleton.core.errors import AuthError, BackendError, BackendUnavailable, WatchCompacted
 
 if TYPE_CHECKING:
     from singleton.backends.etcd.client import EtcdBackend
@@ -66,37 +66,25 @@ def watch(backend: EtcdBackend, key: str, start_revision: int, stop: threading.E
 
 
 class _WatchStream:
-    """One watch stream on one member. A reader thread hands responses over a queue, so that the
-    consumer can notice a silent member: when nothing arrives for a while it asks for a progress
-    notification, and a member that does not answer that in time is given up on."""
+    """One watch stream on one member, read in the consumer's own thread: an idle watch blocks in gRPC and wakes
+    for nothing. A member that dies or hangs breaks the stream through the channel's HTTP/2 keepalive pings (sent
+    by gRPC's core, see client.py); our stop cancels the call (wakeup.on_set), so no timer of ours runs."""
 
     def __init__(self, backend: EtcdBackend, index: int, key: str, start_revision: int,
                  stop: threading.Event, prefix: bool = False) -> None:
         self._backend, self._index, self._stop = backend, index, stop
         self._where = f"watch {key} via {backend._endpoints[index]}"
-        self._requests: queue.Queue[Any] = queue.Queue()
         start = key.encode()
         # etcd's range_end for "every key with this prefix": the prefix with its last byte incremented.
         range_end = start[:-1] + bytes([start[-1] + 1]) if prefix else b""
-        self._requests.put(pb.WatchRequest(create_request=pb.WatchCreateRequest(
-            key=start, range_end=range_end, start_revision=start_revision)))
-        self._responses: queue.Queue[Any] = queue.Queue()
+        self._create = pb.WatchRequest(create_request=pb.WatchCreateRequest(
+            key=start, range_end=range_end, start_revision=start_revision))
+        self._done = threading.Event()  # ends the request stream, which would otherwise half-close the call
         self.heard = False  # the member answered at least once on this stream
 
     def _request_iter(self) -> Iterator[Any]:
-        while True:
-            item = self._requests.get()
-            if item is None:
-                return
-            yield item
-
-    def _read(self, call: Any) -> None:
-        try:
-            for resp in call:
-                self._responses.put(resp)
-            self._responses.put(BackendUnavailable(f"{self._where}: stream ended"))
-        except grpc.RpcError as err:
-            self._responses.put(translate(err, self._where))
+        yield self._create
+        self._done.wait()
 
     def _canceled(self, reason: str, metadata: list[tuple[str, str]]) -> BackendError:
         # etcd cancels a watch created with a token it no longer knows as "permission denied" (it says
@@ -114,24 +102,20 @@ class _WatchStream:
         except grpc.RpcError as err:
             raise translate(err, self._where) from err
         call = pb_grpc.WatchStub(channel).Watch(self._request_iter(), metadata=metadata)
-        threading.Thread(target=self._read, args=(call,), daemon=True, name="singleton-watch-reader").start()
-        last_heard, asked_at = time.monotonic(), None
+        forget_stop = on_set(self._stop, call.cancel)
+        responses = iter(call)
         try:
-            while not self._stop.is_set():
+            while True:
                 try:
-                    item = self._responses.get(timeout=0.1)
-                except queue.Empty:
-                    now = time.monotonic()
-                    if asked_at is not None and now - asked_at > backend._watch_check_timeout_s:
-                        raise BackendTimeout(f"{self._where}: member silent for {now - last_heard:.1f} s") from None
-                    if asked_at is None and now - last_heard > backend._watch_check_interval_s:
-                        self._requests.put(pb.WatchRequest(progress_request=pb.WatchProgressRequest()))
-                        asked_at = now
-                    continue
-                if isinstance(item, BackendError):
-                    raise item
-                last_heard, asked_at = time.monotonic(), None
-                backend.last_ok_at, self.heard = last_heard, True
+                    item = next(responses)
+                except StopIteration:
+                    raise BackendUnavailable(f"{self._where}: stream ended") from None
+                except grpc.RpcError as err:
+                    raise translate(err, self._where) from err
+                if not self.heard:
+                    self.heard = True
+                    backend.watch_opened()
+                backend.last_ok_at = time.monotonic()
                 if item.compact_revision:
                     raise WatchCompacted(f"{self._where}: compacted at revision {item.compact_revision}")
                 if item.canceled:
@@ -140,5 +124,8 @@ class _WatchStream:
                     kv = kv_of(ev.kv)
                     yield WatchEvent(ev.type == kv_pb.Event.DELETE, kv.mod_revision, kv)
         finally:
-            self._requests.put(None)
+            if self.heard:
+                backend.watch_closed()
+            forget_stop()
+            self._done.set()
             call.cancel()

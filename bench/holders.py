@@ -1,0 +1,122 @@
+"""Lock holders for the failover and scale benches: singleton replicas or a peer's, each in its own process group
+and behind its own cuttable proxy (so a partition cuts one holder from etcd), all writing one tick ledger."""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import singleton
+from singleton.dev.ledger import LEDGER_ENV, Tick, read_ledger
+from singleton.testing.proxy import CuttableProxy
+
+HERE = Path(__file__).resolve().parent
+PEERS = {
+    "singleton": "singleton (default timings 10/3/2)",
+    "etcdctl": "`etcdctl lock --ttl 10`",
+    "etcd3": "python3-etcd3 `Lock` (TTL 10 s, refresh 3 s)",
+    "tooz": "tooz etcd3gw lock (TTL 10 s, heartbeat 3 s)",
+}
+
+
+def etcdctl() -> str:
+    from singleton.dev.embedded import etcd_binary
+    return str(etcd_binary("etcdctl"))
+
+
+class Holders:
+    def __init__(self, peer: str, target: str, work: Path, name: str, proxied: bool = True,
+                 endpoints: str | None = None) -> None:
+        """`endpoints` (unproxied only): every member, comma-separated, instead of `target` alone."""
+        self.peer, self.target, self.work, self.name, self.proxied = peer, target, work, name, proxied
+        self.endpoints = endpoints
+        self.ledger = work / f"{peer}-ledger.jsonl"
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.proxies: dict[str, CuttableProxy] = {}
+        self._n = 0
+
+    def _command(self, endpoint: str, replica: str) -> list[str]:
+        worker = [sys.executable, str(HERE / "lock_worker.py")]
+        if self.peer == "singleton":
+            return [sys.executable, "-m", "singleton", "run", "--endpoints", endpoint, "--name", self.name,
+                    "--job", "singleton.dev.ledger:record_tick", "--id", replica, "--http-port", "0",
+                    "--sense-host", "127.0.0.1"]
+        if self.peer == "etcdctl":
+            return [etcdctl(), f"--endpoints={endpoint}", "lock", "--ttl", "10", self.name,
+                    *worker, "tick", endpoint, self.name, replica, str(self.ledger)]
+        return [*worker, self.peer, endpoint, self.name, replica, str(self.ledger)]
+
+    def start(self) -> str:
+        replica = f"{self.peer}-{self._n}"
+        self._n += 1
+        endpoint = self.endpoints or f"http://{self.target}"
+        if self.proxied:
+            host, port = self.target.rsplit(":", 1)
+            proxy = self.proxies[replica] = CuttableProxy(host, int(port))
+            endpoint = proxy.endpoint
+        # The replicas run the very code this bench imported (not whatever `-m` finds in the working directory).
+        code = str(Path(singleton.__file__).resolve().parent.parent)
+        env = {**os.environ, LEDGER_ENV: str(self.ledger),
+               "PYTHONPATH": os.pathsep.join(filter(None, [code, os.environ.get("PYTHONPATH")]))}
+        with open(self.work / f"{replica}.log", "ab") as log:
+            self.procs[replica] = subprocess.Popen(self._command(endpoint, replica), env=env, stdout=log,
+                                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                   start_new_session=True, cwd=self.work)
+        return replica
+
+    def ticks(self) -> list[Tick]:
+        return read_ledger(self.ledger)
+
+    def signal(self, replica: str, sig: int) -> None:
+        try:
+            os.killpg(self.procs[replica].pid, sig)  # the group: etcdctl's command dies with it
+        except ProcessLookupError:
+            pass
+
+    def remove(self, replica: str) -> None:
+        self.signal(replica, signal.SIGCONT)
+        self.signal(replica, signal.SIGKILL)
+        self.procs.pop(replica).wait(30)
+        proxy = self.proxies.pop(replica, None)
+        if proxy is not None:
+            proxy.close()
+
+    def wait_ticking(self, timeout_s: float) -> Tick:
+        """A moment mid-second, with the last tick recent and finished: returns that tick."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ticks = self.ticks()
+            frac = time.time() % 1
+            if ticks and ticks[-1].finished and time.monotonic() - ticks[-1].start_mono < 1.0 and 0.45 < frac < 0.6:
+                return ticks[-1]
+            time.sleep(0.02)
+        raise SystemExit(f"{self.peer}: nobody ticking within {timeout_s:g} s; logs in {self.work}")
+
+    def first_tick_after(self, after_mono: float, exclude: str, timeout_s: float) -> Tick | None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for t in self.ticks():
+                if t.start_mono > after_mono and t.replica != exclude:
+                    return t
+            time.sleep(0.02)
+        return None
+
+    def stop_all(self) -> None:
+        for replica in list(self.procs):
+            self.signal(replica, signal.SIGCONT)
+            self.signal(replica, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for replica, proc in list(self.procs.items()):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            self.remove(replica)
+
+
+def slot_of(wall: float) -> int:
+    return math.floor(wall)

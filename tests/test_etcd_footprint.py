@@ -1,0 +1,96 @@
+"""What an idle replica costs etcd: one LeaseKeepAlive stream across renewals, and an idle watch that sends
+nothing (no progress requests; a hung member is noticed by gRPC's HTTP/2 pings instead). Read from etcd's
+own /metrics, never from the client's word."""
+from __future__ import annotations
+
+import re
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from singleton import BackendTimeout
+from singleton.backends.abc import WatchEvent
+from singleton.backends.etcd import EtcdBackend
+from singleton.core.config import parse_endpoint
+from singleton.dev.embedded import EtcdCluster
+from singleton.testing.proxy import CuttableProxy
+from singleton.testing.recorder import wait_for
+
+
+def etcd_counter(cluster: EtcdCluster, metric: str, method: str) -> float:
+    with urllib.request.urlopen(f"http://{cluster.endpoints[0].target}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    pattern = rf'^{metric}\{{[^}}]*grpc_method="{method}"[^}}]*\}} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.M))
+
+
+def test_renewals_share_one_keepalive_stream(etcd: EtcdCluster) -> None:
+    backend = EtcdBackend(etcd.endpoints)
+    try:
+        lease = backend.grant_lease(10, 2.0)
+        before = etcd_counter(etcd, "grpc_server_started_total", "LeaseKeepAlive")
+        answers = [backend.keep_alive_once(lease.lease_id, 1.0) for _ in range(5)]
+        after = etcd_counter(etcd, "grpc_server_started_total", "LeaseKeepAlive")
+        assert answers == [10.0] * 5
+        # One stream for five renewals (the former client opened one per renewal: 5).
+        assert after - before == 1 and backend._keepalive.opened == 1
+        backend.revoke_lease(lease.lease_id, 2.0)
+        assert backend.keep_alive_once(lease.lease_id, 1.0) == 0  # a fresh stream answers for the revoked lease
+        assert backend._keepalive.opened == 2
+    finally:
+        backend.close()
+
+
+def test_a_renewal_that_timed_out_reopens_the_stream_and_renews(etcd: EtcdCluster) -> None:
+    proxy = CuttableProxy("127.0.0.1", etcd.members[0].client_port)
+    backend = EtcdBackend([parse_endpoint(proxy.endpoint)])
+    try:
+        lease = backend.grant_lease(10, 2.0)
+        assert backend.keep_alive_once(lease.lease_id, 1.0) == 10
+        proxy.cut()
+        with pytest.raises(BackendTimeout):
+            backend.keep_alive_once(lease.lease_id, 0.5)
+        proxy.heal()
+        # The late answer of the timed-out renewal must not be taken for this one's: a new stream, its own answer.
+        assert backend.keep_alive_once(lease.lease_id, 5.0) == 10
+        assert backend._keepalive.opened == 2
+        backend.revoke_lease(lease.lease_id, 2.0)
+    finally:
+        backend.close()
+        proxy.close()
+
+
+def test_an_idle_watch_sends_nothing_and_still_delivers(etcd: EtcdCluster, name: str) -> None:
+    key = f"/f/{name}/leader"
+    # A check interval of 1 s: the former watch asked for a progress report after 1 s of silence.
+    backend = EtcdBackend(etcd.endpoints, watch_check_interval_s=1.0, watch_check_timeout_s=1.0)
+    stop, events = threading.Event(), []
+    lease = backend.grant_lease(10, 2.0)
+    won = backend.campaign(key, b"x", lease.lease_id, 2.0)
+
+    def watch() -> None:
+        events.extend(backend.watch(key, won.revision, stop))
+
+    thread = threading.Thread(target=watch, daemon=True)
+    try:
+        thread.start()
+        wait_for(lambda: events, 10, "the watch to deliver the campaign's put")
+        # Our stream's own messages (the create request was counted before the put came back).
+        before = etcd_counter(etcd, "grpc_server_msg_received_total", "Watch")
+        time.sleep(2.5)
+        idle_requests = etcd_counter(etcd, "grpc_server_msg_received_total", "Watch") - before
+        assert time.monotonic() - backend.last_ok_at < 1.0  # an open, answered watch keeps readiness fresh
+        backend.revoke_lease(lease.lease_id, 2.0)
+        wait_for(lambda: len(events) == 2, 10, "the watch to deliver the delete")
+        assert [e.deleted for e in events] == [False, True] and isinstance(events[1], WatchEvent)
+        # None (the former watch sent a progress request after each second of silence: 2 in 2.5 s).
+        assert idle_requests == 0, f"{idle_requests} watch requests while idle"
+        started = time.monotonic()
+        stop.set()
+        thread.join(5)
+        assert not thread.is_alive() and time.monotonic() - started < 2.0  # a stop cuts the stream at once
+    finally:
+        stop.set()
+        backend.close()
