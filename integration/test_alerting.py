@@ -82,7 +82,14 @@ def test_a_killed_leader_fires_the_missed_slot_alert_on_a_real_prometheus(
             prom.query(expr)  # raises unless it runs
         else:  # the successor's histograms appear with its first renewals: wait for them, boundedly
             prom.wait_for(f"data for dashboard query {expr}", lambda: prom.query(expr), 15)  # noqa: B023
-    names = {s["metric"]["__name__"] for s in prom.query('{__name__=~"singleton_.*"}')}
     referenced = set(re.findall(r"\bsingleton_[a-z_]+", " ".join(dashboard_queries())
                                 + (MONITORING / "singleton-rules.yaml").read_text()))
-    assert referenced <= names, f"metrics no replica serves: {sorted(referenced - names)}"
+
+    def served() -> set[str]:
+        return {s["metric"]["__name__"] for s in prom.query('{__name__=~"singleton_.*"}')}
+
+    # A histogram's series appear with its first observation, the successor's after its first renewals and runs.
+    try:
+        prom.wait_for("every referenced metric served", lambda: referenced <= served(), 20)
+    except AssertionError:
+        raise AssertionError(f"metrics no replica serves: {sorted(referenced - served())}") from None
