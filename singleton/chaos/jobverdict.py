@@ -43,7 +43,7 @@ class Run:
     slot: int
     replica: str
     start: float  # wall seconds
-    end: float | None  # None: not known (an unknown run, or the one still claimed)
+    end: float | None  # None: not known (an unknown run: its leader died); inf: the claimed one, still going
 
 
 @dataclass
@@ -72,7 +72,7 @@ def job_runs(spec: JobSpec, entries: Iterable[RunEntry], record: RunRecord | Non
             for e in entries if e.outcome in RAN]
     if record is not None and record.seq not in {e.seq for e in entries} \
             and spec.schedule.instant(record.slot) <= until_wall:
-        runs.append(Run(record.slot, record.replica_id, spec.schedule.instant(record.slot), None))
+        runs.append(Run(record.slot, record.replica_id, spec.schedule.instant(record.slot), float("inf")))
     return sorted(runs, key=lambda r: (r.start, r.slot))
 
 
@@ -98,7 +98,7 @@ def judge_job(spec: JobSpec, entries: list[RunEntry], record: RunRecord | None, 
 
 
 def _check_overlap(spec: JobSpec, runs: list[Run], verdict: JobVerdict) -> None:
-    """A run whose end is not known counts only at its start."""
+    """A run whose end is not known counts only at its start (its leader died: it ended then, or before)."""
     limit = spec.max_instances if spec.overlap == "allow" else 1
     crowded = []
     for i, r in enumerate(runs):
@@ -136,7 +136,7 @@ def _check_handover(spec: JobSpec, entries: list[RunEntry], runs: list[Run], fau
         due = spec.schedule.instant(slot)
         if (successor is not None and slot >= successor) or (successor is None and due > until_wall - 1.0):
             break
-        overrun = spec.overlap == "skip" and any(r.start <= due and (r.end is None or due < r.end) for r in runs)
+        overrun = spec.overlap == "skip" and any(r.start <= due and r.end is not None and due < r.end for r in runs)
         if slot not in ran and slot not in explained and not overrun:
             missed.append((slot, due))
         slot = spec.schedule.slot_after(slot)
