@@ -106,6 +106,17 @@ def test_a_crash_may_cost_the_instants_within_its_bound_only() -> None:
     assert any(f"{start + 10} (+3.90 s)" in v for v in late.violations) and str(start + 8) not in late.violations[0]
 
 
+def test_instants_due_before_the_fault_are_not_the_fault_s() -> None:
+    """herd: every replica killed (an outage of its own), ten new ones, then their leader is killed before the
+    job's first instant under it: the outage's instants are not the kill's to lose."""
+    start = 1_800_000_000
+    entries = series(JobSpec("sec"), [start, start + 1, start + 11, start + 12], handover_at=start + 11)
+    kill = Fault("herd-sigkill-leader", "crash", start + 9.7, "r0", 1.5)
+    verdict = judge_job(JobSpec("sec"), entries, None, [kill], until_wall=start + 14)
+    # Slots +2..+9 fell in the outage before the kill; +10, due 0.3 s after it, is the kill's (within its bound).
+    assert verdict.held and verdict.missed_instants == 1 and str(start + 10) in verdict.notes[0], verdict
+
+
 def test_judge_reports_every_job_of_a_scenario_and_fails_on_any() -> None:
     wall_minus_mono = 1_700_000_000.0
     good, bad = build_job_spec("good", every=0.5), build_job_spec("bad", every=1)

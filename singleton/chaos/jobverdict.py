@@ -116,9 +116,9 @@ def _check_overlap(spec: JobSpec, runs: list[Run], verdict: JobVerdict) -> None:
 
 def _check_handover(spec: JobSpec, entries: list[RunEntry], runs: list[Run], fault: Fault, until_wall: float,
                     verdict: JobVerdict) -> None:
-    """The job's instants between the last run before the fault and the successor's first run, that nobody ran
-    and no policy explains: a graceful handover loses none; a crash, pause or cut only those due within the
-    fault's takeover bound."""
+    """The job's instants due after the fault, up to the successor's first run, that nobody ran and no policy
+    explains: a graceful handover loses none; a crash, pause or cut only those due within the fault's takeover
+    bound."""
     before = [r for r in runs if r.start <= fault.at_wall]
     if not before:
         verdict.notes.append(f"{fault.name}: the job had not run before the fault: no handover to judge")
@@ -137,7 +137,8 @@ def _check_handover(spec: JobSpec, entries: list[RunEntry], runs: list[Run], fau
         if (successor is not None and slot >= successor) or (successor is None and due > until_wall - 1.0):
             break
         overrun = spec.overlap == "skip" and any(r.start <= due and r.end is not None and due < r.end for r in runs)
-        if slot not in ran and slot not in explained and not overrun:
+        # Instants due before the fault were the old leader's, still leading (a herd's outage came before its kill).
+        if due > fault.at_wall and slot not in ran and slot not in explained and not overrun:
             missed.append((slot, due))
         slot = spec.schedule.slot_after(slot)
     verdict.missed_instants += len(missed)

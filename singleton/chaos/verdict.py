@@ -117,7 +117,12 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
                 if ended is not None and (last.end_mono or last.start_mono) >= ended:
                     verdict.violations.append(f"{ev.name}: the cut leader was still ticking when etcd expired its lease")
         if ev.kind == "pause":
-            thawed = [t for t in ticks if t.replica == ev.old_leader and t.start_mono > ev.at_mono]
+            # From a run record, a slot claimed before the pause (claims go ahead of their instant) and never
+            # reported reads as an unfinished run at its instant: not a run of the thawed leader.
+            claimed_before = (lambda t: (run.user_job is not None or bool(run.jobs)) and not t.finished
+                              and t.start_mono - ev.at_mono <= CLAIM_AHEAD_BOUND_S)
+            thawed = [t for t in ticks if t.replica == ev.old_leader and t.start_mono > ev.at_mono
+                      and not claimed_before(t)]
             if thawed and thawed[0].token == next((t.token for t in ticks if t.replica == ev.old_leader), None):
                 verdict.violations.append(f"{ev.name}: the thawed leader ticked on its old term")
     healed = ev.healed_at_mono or ev.at_mono
