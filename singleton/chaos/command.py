@@ -27,16 +27,27 @@ def chaos_access(args: Any) -> EtcdAccess:
 
 
 def run_chaos(*, endpoints: str, replicas: int, scenarios: str, rounds: int, out: str, fast: bool,
-              members: int, broken: bool = False, job: str = "", access: EtcdAccess | None = None) -> int:
-    """`job`: the user's `module:callable`, run by the replicas and judged from etcd's run record alone."""
+              members: int, broken: bool = False, job: str = "", access: EtcdAccess | None = None,
+              jobs: str = "") -> int:
+    """`job`: the user's `module:callable`, run by the replicas and judged from etcd's run record alone;
+    `jobs`: a jobs file, every job of it run by the replicas and judged from its own record."""
+    if job and jobs:
+        raise ConfigError("--job and --jobs exclude each other: one callable, or a jobs file")
     try:
-        names = select(scenarios, user_job=bool(job))
+        names = select(scenarios, user_job=bool(job or jobs))
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    specs = []
     if job:
         from singleton.ops.cli import load_job
 
         load_job(job)  # a job that does not import is one line now, not N replicas failing to start
+    if jobs:
+        from singleton.ops.jobsfile import load_jobs_file
+
+        # Checked as `singleton run --jobs` checks it (callables imported), before any etcd or replica starts.
+        specs = [spec for spec, _fn in load_jobs_file(jobs)]
+        jobs = str(Path(jobs).resolve())  # the replicas are given the file; they run from this directory too
     if access is not None and access.run_args() and not endpoints:
         raise ConfigError("TLS and auth options need --endpoints (the embedded etcd has neither)")
     if access is not None and access.run_args():
@@ -54,12 +65,14 @@ def run_chaos(*, endpoints: str, replicas: int, scenarios: str, rounds: int, out
     out_dir.mkdir(parents=True, exist_ok=True)
     timings = FAST if fast else DEFAULT
     harness = Harness(out_dir, endpoints=list(parse_endpoints(endpoints)) if endpoints else None, members=members,
-                      replicas=replicas, timings=timings, job=job or None, access=access)
+                      replicas=replicas, timings=timings, job=job or None, access=access, jobs_file=jobs or None,
+                      jobs=specs)
     cluster = endpoints or f"embedded, {members} member(s)"
+    running = f"{job} (judged from the run record)" if job else \
+        f"the {len(specs)} jobs of {jobs} (each judged from its own run record; history ring " \
+        f"{harness.history_size} runs a job)" if jobs else "the ledger job"
     print(f"singleton chaos: {len(names)} scenario(s) x {rounds} round(s) on {cluster}, {replicas} replicas "
-          f"running {job + ' (judged from the run record)' if job else 'the ledger job'}, "
-          f"timings: {timings}",
-          flush=True)
+          f"running {running}, timings: {timings}", flush=True)
     # The harness's own etcd clients (its key watcher) would log member losses it injected itself.
     logging.getLogger("singleton").setLevel(logging.ERROR)
     started = time.monotonic()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import socket
 import subprocess
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from singleton.core.config import Config, Endpoint
+from singleton.core.jobspec import JobSpec
+from singleton.core.schedule import Interval, Schedule, next_instants
 from singleton.core.security import Credentials
 from singleton.core.timings import DEFAULT, Timings
 from singleton.dev.embedded import EtcdCluster, EtcdMember, etcd_binary
@@ -33,6 +36,26 @@ PREFIX = "/singleton-chaos"
 # The history ring of the chaos replicas: large enough that every run of a scenario stays in it, so the verdict
 # can match each ledger tick with its entry (a scenario claims well under one slot a second of its length).
 HISTORY_SIZE = 1000
+# With a jobs file, each job's ring must hold every run of a scenario too: no scenario offered for the user's jobs
+# lasts longer than this (rolling restarts and etcd outages at the default timings included), and the ring is
+# sized for the file's fastest job over it, twice over.
+SCENARIO_BOUND_S = 300.0
+
+
+def shortest_gap_s(schedule: Schedule) -> float:
+    """The shortest time between two instants of the schedule (a cron's, over its next 120 instants)."""
+    if isinstance(schedule, Interval):
+        return schedule.period_s
+    slots = next_instants(schedule, time.time(), 120)
+    return min((schedule.instant(b) - schedule.instant(a) for a, b in zip(slots, slots[1:])), default=1.0)
+
+
+def history_size_for(specs: list[JobSpec]) -> int:
+    """`--history-size` for replicas running these jobs: every run of a scenario stays in each job's ring."""
+    if not specs:
+        return HISTORY_SIZE
+    fastest = min(shortest_gap_s(spec.schedule) for spec in specs)
+    return max(HISTORY_SIZE, math.ceil(SCENARIO_BOUND_S / fastest * 2))
 
 
 @dataclass(frozen=True)
@@ -84,6 +107,12 @@ class ScenarioRun:
     history_error: str | None = None
     user_job: str | None = None  # the user's job (`module:callable`): ticks come from the run record, not a ledger
     fast_failover: bool = True  # the replicas sense a dead leader (a crash then takes ~1 s, not the lease)
+    # `--jobs FILE`: every job of the file, judged on its own from its record (job name -> record, history).
+    jobs_file: str | None = None
+    jobs: list[JobSpec] = field(default_factory=list)
+    job_records: dict[str, tuple[RunRecord | None, list[RunEntry]]] = field(default_factory=dict)
+    history_size: int = HISTORY_SIZE
+    wall_minus_mono: float = 0.0  # the replicas' wall clock minus the harness's monotonic one (one host)
 
 
 def free_port() -> int:
@@ -119,10 +148,14 @@ class EtcdAccess:
 class Harness:
     def __init__(self, out_dir: Path, *, endpoints: list[Endpoint] | None = None, members: int = 1,
                  replicas: int = 3, timings: Timings = DEFAULT, hold_s: float = 0.05, job: str | None = None,
-                 access: EtcdAccess | None = None) -> None:
+                 access: EtcdAccess | None = None, jobs_file: str | None = None,
+                 jobs: list[JobSpec] | None = None) -> None:
         self.out_dir, self.replica_count, self.timings, self.hold_s = out_dir, replicas, timings, hold_s
         # The user's job (`module:callable`): judged from etcd's run record alone, as it writes no ledger.
         self.job = job
+        # Or every job of the user's jobs file (`--jobs`, validated by the caller), each from its own record.
+        self.jobs_file, self.jobs = jobs_file, list(jobs or [])
+        self.history_size = history_size_for(self.jobs)
         self.access = access or EtcdAccess()
         self.run_id = uuid.uuid4().hex[:6]
         self.cluster = None if endpoints else EtcdCluster(members, out_dir / "etcd")
@@ -192,15 +225,20 @@ class Harness:
         namespace = f"{self.run_id}-{self._runs}-{scenario}"  # every run its own keys and ledger
         workdir = self.out_dir / "runs" / namespace
         workdir.mkdir(parents=True, exist_ok=True)
-        args = [*self.timings.cli_args(), "--prefix", PREFIX, "--history-size", str(HISTORY_SIZE),
+        args = [*self.timings.cli_args(), "--prefix", PREFIX, "--history-size", str(self.history_size),
                 *self.access.run_args()]
-        if self.job:
+        if self.job or self.jobs_file:
             config = Config(endpoints=tuple(self.endpoints), name=namespace, prefix=PREFIX)
-            self.replicas = RecordReplicaSet(workdir, config, self.access.credentials, args, HISTORY_SIZE)
+            schedules: dict[str | None, Schedule] | None = \
+                {spec.name: spec.schedule for spec in self.jobs} if self.jobs_file else None
+            self.replicas = RecordReplicaSet(workdir, config, self.access.credentials, args, self.history_size,
+                                             schedules)
         else:
             self.replicas = ReplicaSet(workdir, "", namespace, args, hold_s=self.hold_s)
         self.run = ScenarioRun(scenario, workdir, namespace, time.monotonic(), user_job=self.job,
-                               fast_failover="--no-fast-failover" not in self.options.args)
+                               fast_failover="--no-fast-failover" not in self.options.args,
+                               jobs_file=self.jobs_file, jobs=list(self.jobs), history_size=self.history_size,
+                               wall_minus_mono=getattr(self.replicas, "wall_minus_mono", 0.0))
         self._watch_stop = threading.Event()
         self._watcher = threading.Thread(target=self._watch_leader_key, args=(self.run, self._watch_stop),
                                          daemon=True, name="chaos-key-watch")
@@ -252,7 +290,7 @@ class Harness:
         scheme = "https" if ordered[0].secure else "http"
         self.replicas.start(replica, endpoints=",".join(f"{scheme}://127.0.0.1:{p.port}" for p in proxies),
                             module="singleton.chaos.broken" if broken else self.options.module, env=env,
-                            extra_args=args, job=self.job or LEDGER_JOB)
+                            extra_args=args, job=self.job or LEDGER_JOB, jobs_file=self.jobs_file or "")
         return replica
 
     @property
@@ -309,7 +347,13 @@ class Harness:
                 break
             time.sleep(0.5)
         run.leaked_leases = leaked
-        self._read_record(run)
+        if self.jobs_file and isinstance(self.replicas, RecordReplicaSet):
+            # The records as final_ticks() read them, once every replica had stopped (None: that read failed).
+            if run.history_error is None:
+                run.job_records = {str(job): found for job, found in self.replicas.per_job.items()}
+                run.history = [e for _, entries in run.job_records.values() for e in entries]
+        else:
+            self._read_record(run)
         self.replicas = None
         return run
 

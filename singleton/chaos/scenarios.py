@@ -48,7 +48,7 @@ def select(spec: str, user_job: bool = False) -> list[str]:
     names = [n.strip() for n in spec.split(",") if n.strip()]
     unknown = [n for n in names if n not in offered]
     if unknown:
-        what = "scenario(s) for your own job (--job)" if user_job and all(n in SCENARIOS for n in unknown) else \
+        what = "scenario(s) for your own job (--job, --jobs)" if user_job and all(n in SCENARIOS for n in unknown) else \
             "scenario(s)"
         raise ValueError(f"unknown {what} {', '.join(unknown)}; known: {', '.join(offered)}")
     return names
@@ -91,7 +91,10 @@ def run_all(h: Harness, names: list[str], rounds: int, progress: Callable[[str],
             progress(f"[{len(results)}/{total}] {name} (round {round_no + 1}): "
                      f"{'held' if verdict.held else 'FAILED'} in {time.monotonic() - started:.0f} s; "
                      f"takeovers {took} s; overlaps {verdict.overlaps}, duplicate slots {verdict.duplicate_slots}, "
-                     f"missed seconds {verdict.missed_seconds}, terms {verdict.terms} (silent {verdict.silent_terms}), "
-                     f"history entries {verdict.history_entries}"
+                     f"missed {'instants' if verdict.jobs else 'seconds'} {verdict.missed_seconds}, terms "
+                     f"{verdict.terms} (silent {verdict.silent_terms}), history entries {verdict.history_entries}"
+                     + "".join(f"\n    job {j.job} ({j.schedule}, overlap {j.policy}): {'held' if j.held else 'FAILED'}; "
+                               f"{j.runs} runs, duplicate slots {j.duplicate_slots}, overlaps {j.overlaps} (at most "
+                               f"{j.most_at_once} at once), missed instants {j.missed_instants}" for j in verdict.jobs)
                      + ("" if verdict.held else f"; {'; '.join(verdict.violations)}"))
     return results

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from singleton.dev.ledger import Tick, duplicate_slots, overlaps, tokens_grow
 from singleton.chaos.compound import JOB_CANCEL_GRACE_S, JOB_TIMEOUT_S, PROBE_FAILURES
 from singleton.chaos.harness import HISTORY_SIZE, FaultEvent, ScenarioRun
+from singleton.chaos.jobverdict import JobVerdict, judge_jobs
 from singleton.chaos.recordcheck import record_violations
 from singleton.core.timings import Timings
 
@@ -29,6 +30,7 @@ class Verdict:
     history_entries: int = 0  # runs in etcd's history ring at the end
     violations: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # documented windows, shown in the report, not violations
+    jobs: list[JobVerdict] = field(default_factory=list)  # `--jobs`: each job's own verdict (its counts summed above)
 
     @property
     def held(self) -> bool:
@@ -56,14 +58,18 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
         ahead_s = 0.0 if old_last is None else max(0.0, (new.start_wall - old_last.start_wall)
                                                     - (new.start_mono - old_last.start_mono))
         jumped = new.slot - max(old_slots) - 1
-        if jumped < 0 or jumped > ahead_s + SLACK_S:
+        if run.jobs:
+            pass  # slot numbers of many schedules: each job's instants are judged on its own (chaos/jobverdict.py)
+        elif jumped < 0 or jumped > ahead_s + SLACK_S:
             verdict.violations.append(f"{ev.name}: graceful handover missed {jumped} s")
         elif jumped:
             verdict.notes.append(f"{ev.name}: slot numbers jumped by {jumped} at the handover: {new.replica}'s wall "
                                  f"clock is {ahead_s:.1f} s ahead of {ev.old_leader}'s (no second of real time lost)")
         # Slot numbers follow the clocks; real time is the monotonic gap (a stepped clock can hide a stall).
+        # (With a jobs file the ticks are many schedules' runs, and a graceful stop keeps them going while a slow
+        # run drains: each job's own instants say whether the handover lost any, chaos/jobverdict.py.)
         last_old = old_last.start_mono if old_last is not None else ev.at_mono
-        if new.start_mono - last_old > 1 + SLACK_S:
+        if new.start_mono - last_old > 1 + SLACK_S and not run.jobs:
             verdict.violations.append(f"{ev.name}: the successor first ticked {new.start_mono - last_old:.2f} s "
                                       f"(real time) after the old leader's last tick (bound 1 s)")
         skew_s = run.clock_offsets_s.get(ev.old_leader or "", 0.0) - run.clock_offsets_s.get(new.replica, 0.0)
@@ -111,7 +117,12 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
                 if ended is not None and (last.end_mono or last.start_mono) >= ended:
                     verdict.violations.append(f"{ev.name}: the cut leader was still ticking when etcd expired its lease")
         if ev.kind == "pause":
-            thawed = [t for t in ticks if t.replica == ev.old_leader and t.start_mono > ev.at_mono]
+            # From a run record, a slot claimed before the pause (claims go ahead of their instant) and never
+            # reported reads as an unfinished run at its instant: not a run of the thawed leader.
+            claimed_before = (lambda t: (run.user_job is not None or bool(run.jobs)) and not t.finished
+                              and t.start_mono - ev.at_mono <= CLAIM_AHEAD_BOUND_S)
+            thawed = [t for t in ticks if t.replica == ev.old_leader and t.start_mono > ev.at_mono
+                      and not claimed_before(t)]
             if thawed and thawed[0].token == next((t.token for t in ticks if t.replica == ev.old_leader), None):
                 verdict.violations.append(f"{ev.name}: the thawed leader ticked on its old term")
     healed = ev.healed_at_mono or ev.at_mono
@@ -175,13 +186,10 @@ def judge(run: ScenarioRun, timings: Timings) -> Verdict:
     if not ticks:
         verdict.violations.append("nothing ticked")
         return verdict
-    verdict.overlaps = len(overlaps(ticks))
-    verdict.duplicate_slots = len(duplicate_slots(ticks))
-    verdict.missed_seconds = missed_seconds(ticks)
-    if verdict.overlaps:
-        verdict.violations.append(f"{verdict.overlaps} overlapping tick(s), e.g. {overlaps(ticks)[0]}")
-    if verdict.duplicate_slots:
-        verdict.violations.append(f"{verdict.duplicate_slots} slot(s) ran twice: {duplicate_slots(ticks)[:5]}")
+    if run.jobs:
+        _judge_jobs(run, timings, verdict)
+    else:
+        _judge_ticks(ticks, verdict)
     if not tokens_grow(ticks):
         verdict.violations.append("a change of leader did not bring a larger fencing token")
     if run.stale_write_refused is False:
@@ -191,8 +199,36 @@ def judge(run: ScenarioRun, timings: Timings) -> Verdict:
     for event in run.events:
         if event.kind != "skipped":
             _check_event(event, ticks, timings, verdict, run)
-    _check_record(run, ticks, verdict)
+    if not run.jobs:
+        _check_record(run, ticks, verdict)
     return verdict
+
+
+def _judge_ticks(ticks: list[Tick], verdict: Verdict) -> None:
+    """One job (the ledger job, or `--job`): its ticks are the evidence."""
+    verdict.overlaps = len(overlaps(ticks))
+    verdict.duplicate_slots = len(duplicate_slots(ticks))
+    verdict.missed_seconds = missed_seconds(ticks)
+    if verdict.overlaps:
+        verdict.violations.append(f"{verdict.overlaps} overlapping tick(s), e.g. {overlaps(ticks)[0]}")
+    if verdict.duplicate_slots:
+        verdict.violations.append(f"{verdict.duplicate_slots} slot(s) ran twice: {duplicate_slots(ticks)[:5]}")
+
+
+def _judge_jobs(run: ScenarioRun, timings: Timings, verdict: Verdict) -> None:
+    """`--jobs`: every job from its own record and at its own schedule; the run fails if any job's verdict does.
+    (All the jobs' runs together are the ticks the checks of terms, tokens and takeovers above look at.)"""
+    if run.history is None:
+        verdict.violations.append(f"the jobs' run records could not be read: {run.history_error or 'not read'}")
+        return
+    verdict.history_entries = len(run.history)
+    verdict.jobs = judge_jobs(run, timings, FAST_CRASH_BOUND_S)
+    for job in verdict.jobs:
+        verdict.overlaps += job.overlaps
+        verdict.duplicate_slots += job.duplicate_slots
+        verdict.missed_seconds += job.missed_instants
+        verdict.violations += [f"job {job.job}: {v}" for v in job.violations]
+        verdict.notes += [f"job {job.job}: {n}" for n in job.notes]
 
 
 def _check_record(run: ScenarioRun, ticks: list[Tick], verdict: Verdict) -> None:

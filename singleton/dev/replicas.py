@@ -24,13 +24,15 @@ class ReplicaSet:
 
     def start(self, replica: str, endpoints: str | None = None, extra_args: list[str] | None = None,
               job: str = LEDGER_JOB, module: str = "singleton", env: dict[str, str] | None = None,
-              new_session: bool = False) -> subprocess.Popen[bytes]:
-        """`module` may be a wrapper of the CLI (the chaos harness's clock-stepping or broken replicas)."""
+              new_session: bool = False, jobs_file: str = "") -> subprocess.Popen[bytes]:
+        """`module` may be a wrapper of the CLI (the chaos harness's clock-stepping or broken replicas);
+        `jobs_file`: run every job of that file (`--jobs`) instead of `job`."""
         env = {**os.environ, LEDGER_ENV: str(self.ledger), HOLD_ENV: str(self.hold_s), **(env or {})}
         # --http-port 0: many replicas share this machine; a test that wants the server passes its own port.
         # The fast-failover listener on loopback, a free port.
         cmd = [sys.executable, "-m", module, "run", "--endpoints", endpoints or self.endpoints,
-               "--name", self.name, "--job", job, "--id", replica, "--http-port", "0", "--sense-host", "127.0.0.1",
+               "--name", self.name,
+               *(["--jobs", jobs_file] if jobs_file else ["--job", job]), "--id", replica, "--http-port", "0", "--sense-host", "127.0.0.1",
                *self.extra_args,
                *(extra_args or [])]
         with open(self.workdir / f"{replica}.log", "ab") as log:

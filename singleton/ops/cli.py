@@ -274,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_chaos(endpoints=args.endpoints, replicas=args.replicas, scenarios=args.scenarios,
                              rounds=args.rounds, out=args.out, fast=args.fast, members=args.members,
-                             broken=args.broken_replicas, job=args.job, access=chaos_access(args))
+                             broken=args.broken_replicas, job=args.job, access=chaos_access(args),
+                             jobs=args.jobs)
         if args.command == "dev-etcd":
             from singleton.dev.devetcd import run_dev_etcd
 

@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--job", default="", help="your own job, package.module:callable: the replicas run it and "
                        "the verdict comes from etcd's run record and history (no ledger); offers the scenarios "
                        "that do not shape the job or the clocks")
+    chaos.add_argument("--jobs", default="", help="your jobs file (as `run --jobs`): the replicas run every job of "
+                       "it and each job is judged from its own run record, at its own schedule (not with --job)")
     _add_credentials(chaos)
 
     demo = sub.add_parser("demo", help="3 replicas on an embedded local etcd, with a live failover")
