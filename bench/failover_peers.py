@@ -173,7 +173,9 @@ def main() -> int:
                             f"{median([r['deleted_after_s'] for r in rs]):.2f} s (lease left at the fault, etcd's "
                             f"whole seconds, p50 {median([r.get('lease_left_s', 0) for r in rs]):.0f} s; {lapse}); "
                             f"first tick elsewhere minus the "
-                            f"first whole second after the delete: p50 {median(excess) * 1e3:.0f} ms, min "
+                            f"first whole second after the delete (negative: the second the key went in still "
+                            f"ran, late, as the run record showed nobody had claimed it): p50 "
+                            f"{median(excess) * 1e3:.0f} ms, min "
                             f"{min(excess) * 1e3:.0f} ms, max {max(excess) * 1e3:.0f} ms; a second later than that "
                             f"in {sum(e > 0.5 for e in excess)} rounds, whose deletes came at "
                             + (", ".join(f".{int(r['deleted_frac'] * 1000):03d}" for r in rs if r['excess_s'] > 0.5)
@@ -181,8 +183,9 @@ def main() -> int:
                             + (", ".join(f".{int(r['deleted_frac'] * 1000):03d}" for r in rs if r['excess_s'] <= 0.5)
                                or "–") + ")")
         probe.close()
-    lines += ["", f"Singleton against its lease (goal: the first whole second after the lease is gone, nothing "
-              f"later; {time.monotonic() - started:.0f} s in all):", "", *explain]
+    lines += ["", f"Singleton against its lease (goal: the second the lease went in if still unclaimed and in time, "
+              f"else the first whole second after it, nothing later; {time.monotonic() - started:.0f} s in all):",
+              "", *explain]
     text = "\n".join(lines)
     print(text)
     write_out(args.out, text)
