@@ -37,6 +37,7 @@ class Holders:
         self.ledger = work / f"{peer}-ledger.jsonl"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.proxies: dict[str, CuttableProxy] = {}
+        self.started_at: dict[str, float] = {}  # monotonic Popen time of each holder
         self._n = 0
 
     def _command(self, endpoint: str, replica: str) -> list[str]:
@@ -66,7 +67,26 @@ class Holders:
             self.procs[replica] = subprocess.Popen(self._command(endpoint, replica), env=env, stdout=log,
                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                                    start_new_session=True, cwd=self.work)
+        self.started_at[replica] = time.monotonic()
         return replica
+
+    def log(self, replica: str) -> str:
+        try:
+            return (self.work / f"{replica}.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def ready(self, replica: str, leader: str) -> bool:
+        """`replica` would take over from `leader` at once: a singleton standby senses it (its log says so), a peer's
+        holder waits on the lock (lock_worker says so; etcdctl says nothing, so its process has lived 1 s). A
+        holder still starting (an interpreter start takes 1-2.5 s on a busy machine) is nobody's standby yet: a
+        fault then costs a second (graceful) or the lease (crash) because no one stands by, not because of the
+        handover or the sensing."""
+        if self.peer == "singleton":
+            return f"sensing leader {leader} at " in self.log(replica)
+        if self.peer == "etcdctl":
+            return time.monotonic() - self.started_at[replica] >= 1.0
+        return "waiting for the lock" in self.log(replica)
 
     def ticks(self) -> list[Tick]:
         return read_ledger(self.ledger)
@@ -81,20 +101,25 @@ class Holders:
         self.signal(replica, signal.SIGCONT)
         self.signal(replica, signal.SIGKILL)
         self.procs.pop(replica).wait(30)
+        self.started_at.pop(replica, None)
         proxy = self.proxies.pop(replica, None)
         if proxy is not None:
             proxy.close()
 
-    def wait_ticking(self, timeout_s: float) -> Tick:
-        """A moment mid-second, with the last tick recent and finished: returns that tick."""
+    def wait_ticking(self, timeout_s: float, standbys: bool = False) -> Tick:
+        """A moment mid-second, with the last tick recent and finished: returns that tick. `standbys`: and every
+        other holder ready to take over from the one that ticked (see `ready`)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             ticks = self.ticks()
             frac = time.time() % 1
             if ticks and ticks[-1].finished and time.monotonic() - ticks[-1].start_mono < 1.0 and 0.45 < frac < 0.6:
-                return ticks[-1]
+                last = ticks[-1]
+                if not standbys or all(self.ready(r, last.replica) for r in self.procs if r != last.replica):
+                    return last
             time.sleep(0.02)
-        raise SystemExit(f"{self.peer}: nobody ticking within {timeout_s:g} s; logs in {self.work}")
+        what = "nobody ticking" + (" with every other holder standing by" if standbys else "")
+        raise SystemExit(f"{self.peer}: {what} within {timeout_s:g} s; logs in {self.work}")
 
     def first_tick_after(self, after_mono: float, exclude: str, timeout_s: float) -> Tick | None:
         deadline = time.monotonic() + timeout_s

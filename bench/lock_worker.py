@@ -56,6 +56,7 @@ def main() -> None:
         import etcd3
         client = etcd3.client(host=host, port=int(port))
         lock = client.lock(name, ttl=TTL_S)
+        print("waiting for the lock", flush=True)  # bench/holders.py: a standby now
         lock.acquire(timeout=None)  # blocks until held (it watches the lock key)
         if not stop.is_set():
             tick_loop(replica, ledger, stop, lock.refresh)
@@ -65,6 +66,7 @@ def main() -> None:
         coord = coordination.get_coordinator(f"etcd3+http://{host}:{port}?timeout={TTL_S}", replica.encode())
         coord.start()
         lock = coord.get_lock(name.encode())
+        print("waiting for the lock", flush=True)  # bench/holders.py: a standby now
         lock.acquire(blocking=True)  # tooz retries the transaction, backing off to 1 s between tries
         if not stop.is_set():
             tick_loop(replica, ledger, stop, coord.heartbeat)

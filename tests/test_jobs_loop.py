@@ -350,6 +350,33 @@ def test_after_a_crash_each_job_numbers_on_after_its_record_and_counts_what_it_m
 
 
 # --- the every-second job takes the general arithmetic, which must be the ticker's exactly --------------------
+@pytest.mark.parametrize("a_for_s, b_at, first", [
+    (1.3, 2.02, 2),  # the record ends at T0+1; T0+2 began 20 ms ago and nobody claimed it: it runs now
+    (1.3, 2.8, 3),  # too late to claim it and start within its second: the next one
+    (1.5, 2.02, 3),  # the dead leader had claimed T0+2 ahead (at T0+1.75): it may have run it, so never ours
+])
+def test_a_takeover_that_was_no_handover_runs_the_slot_just_begun_only_if_nobody_claimed_it(
+        a_for_s: float, b_at: float, first: int) -> None:
+    """A key that etcd deleted late in a second (a lapsed lease, a sensed death) and a campaign won just after the
+    next second began: that second is not lost when the run record shows nobody claimed it."""
+    clock = FakeClock(wall=T0 + 0.4)
+    backend = MemoryBackend(clock)
+    spec = build_job_spec("second", every=1)
+    mine, theirs = FakeRunner(clock), FakeRunner(clock)
+    a, _ = lead(backend, clock, [(spec, mine)], a_for_s)
+    a._tick_until_step_down(None)
+    backend.revoke_lease(a.term.keeper.lease_id, 1.0)  # it dies: no handover
+    assert mine.slots == [T0 + 1]
+    clock.advance(T0 + b_at - clock.wall())
+    b, handover = lead(backend, clock, [(spec, theirs)], 1.5, replica="r2")
+    assert handover is None
+    b._tick_until_step_down(None)
+    assert theirs.slots[0] == T0 + first
+    assert theirs.runs[0]["start"] - clock.monotonic() + clock.wall() - (T0 + first) < 0.1  # within its second
+    assert not set(mine.slots) & set(theirs.slots)
+    assert b.stats.job_missed["second", "takeover"] == (first - 2 if a_for_s < 1.45 else 0)
+
+
 def test_the_general_plans_are_the_every_second_tickers_for_an_every_second_schedule() -> None:
     import random
 

@@ -113,19 +113,29 @@ def schedule_plan(schedule: Schedule, slot: int, due_slot: int, wall_now: float,
 
 
 def first_schedule_plan(schedule: Schedule, wall_now: float, mono_now: float, handover_next: int | None,
-                        record_slot: int | None = None, job: str = "", jitter_s: float = 0.0) -> SlotPlan:
+                        record_slot: int | None = None, job: str = "", jitter_s: float = 0.0,
+                        unclaimed_current_within_s: float | None = None) -> SlotPlan:
     """`first_plan` for any schedule. `handover_next` is the first slot the predecessor did not start (from its
     handover): if it is the slot whose instant has just passed, it runs now (late, but not missed); if it is ahead
     of our clock (the predecessor's clock was ahead), numbering follows it and it is due at our next instant.
-    `record_slot` (the last slot claimed in the run record) only ever pushes numbering on, never the due time."""
+    `record_slot` (the last slot claimed in the run record) only ever pushes numbering on, never the due time.
+
+    `unclaimed_current_within_s` (a takeover that was not a handover, with the run record read after the
+    predecessor's key was gone): the slot whose instant has just passed runs now, like a handover's, when the record
+    shows nobody claimed it (`record_slot` before it) and it is less than this late. Every run is claimed in the
+    record before it starts, and our claim compares the record's revision, so nobody ran it and nobody can."""
     nxt = schedule.first_after(wall_now)
     slot = due_slot = nxt
+    current = schedule.last_at_or_before(wall_now)
     if handover_next is not None:
-        current = schedule.last_at_or_before(wall_now)
         if handover_next == current:
             slot = due_slot = current
         elif handover_next > current:
             slot = handover_next
+    elif (unclaimed_current_within_s is not None and record_slot is not None and record_slot < current
+          and wall_now - schedule.instant(current) - jitter_offset_s(job, current, jitter_s)
+          < unclaimed_current_within_s):
+        slot = due_slot = current
     if record_slot is not None and slot <= record_slot:
         slot = schedule.slot_after(record_slot)
     return schedule_plan(schedule, slot, due_slot, wall_now, mono_now, job, jitter_s)

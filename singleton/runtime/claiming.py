@@ -10,7 +10,7 @@ from singleton.core.errors import BackendError
 from singleton.core.lease import StepDownReason
 from singleton.core.records import Handover
 from singleton.core.runs import CatchUp, plan_catch_up_for
-from singleton.core.ticker import SlotPlan, first_schedule_plan, next_schedule_plan
+from singleton.core.ticker import CLAIM_AHEAD_S, SlotPlan, first_schedule_plan, next_schedule_plan
 from singleton.runtime.runs import ClaimOutcome, Prepared, claim_together
 from singleton.runtime.tracks import Track
 
@@ -99,8 +99,7 @@ class TermStart:
             # After a handover (the very delete that woke us) the predecessor started nothing from `nxt` on, even if
             # it had claimed that slot ahead before it stopped: follow the handover. Otherwise follow the record.
             record_slot = chain.last_slot if chain is not None and nxt is None else None
-            track.plan = first_schedule_plan(spec.schedule, clock.wall(), clock.monotonic(), nxt, record_slot,
-                                             spec.name, spec.jitter_s)
+            track.plan = self._first_plan(track, nxt, record_slot)
             log.log(logging.INFO if track.legacy else logging.DEBUG, "first slot %d%s %s", track.plan.slot,
                     track.tag, self._tag)
             if chain is not None and nxt is None:
@@ -112,6 +111,22 @@ class TermStart:
         elif len(self.tracks) > 1 or not self.tracks[0].legacy:
             log.info("leading %d job(s) %s", len(self.tracks), self._tag)
         return None
+
+    def _first_plan(self, track: Track, nxt: int | None, record_slot: int | None) -> SlotPlan:
+        spec, wall, mono = track.spec, self.clock.wall(), self.clock.monotonic()
+        plan = first_schedule_plan(spec.schedule, wall, mono, nxt, record_slot, spec.name, spec.jitter_s)
+        if record_slot is None:
+            return plan
+        # Not a handover: the slot just begun still runs if the record (read after the predecessor's key was gone)
+        # shows nobody claimed it and its claim can be made in time: a key deleted at .9 of a second and won just
+        # after the next one began must not cost that second. Not when a catch-up run starts now: it holds the job,
+        # and the slot would only be skipped beside it.
+        within = track.max_lateness_s(spec.schedule.last_at_or_before(wall)) - CLAIM_AHEAD_S
+        now = first_schedule_plan(spec.schedule, wall, mono, nxt, record_slot, spec.name, spec.jitter_s, within)
+        if now.slot == plan.slot or plan_catch_up_for(spec.schedule, record_slot, now.slot, CatchUp(spec.catch_up),
+                                                      spec.catch_up_window_s).coalesce_from is not None:
+            return plan
+        return now
 
     def _catch_up(self, track: Track, first_slot: int) -> StepDownReason | None:
         """After a takeover that was not a handover: count (skip) or run once for (coalesce) the slots nobody
