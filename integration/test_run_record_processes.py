@@ -163,8 +163,11 @@ def test_catch_up_coalesce_runs_once_at_once_for_the_slots_nobody_claimed(etcd: 
     assert missed_to + 1 <= regular.slot <= missed_to + 2, (catch_up, regular)
     expected = (max(last_claimed + 1, missed_to - window_s + 1), missed_to)
     assert catch_up.coalesced == expected, f"catch-up run {catch_up}, expected slots {expected}"
-    if window_s == 2:  # the window bounded it: more slots were missed than it covers
-        assert missed_to - last_claimed > window_s, (last_claimed, missed_to)
+    # How many seconds the lease path costs depends on when in its renewal cycle the leader died (2-3 s of lease left
+    # at these timings): with 2 missed, a 2 s window covers them all, with 3 it bounds them. `expected` holds either
+    # way; that the window bounds a longer gap is pinned down on the fake clock (test_run_record.py).
+    if missed_to - last_claimed > window_s:
+        assert catch_up.coalesced[0] > last_claimed + 1, (catch_up, last_claimed)
     # At once: on winning, not at the next whole second; then the regular slots go on.
     assert regular.start_mono - catch_up.start_mono <= 1 + SLACK_S
     assert [t.coalesced for t in ticks if t.coalesced] == [expected], "exactly one catch-up run"
