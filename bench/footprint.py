@@ -17,11 +17,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import etcd_counts, machine, require, write_out  # noqa: E402
+from common import emit, etcd_counts, machine, require  # noqa: E402
 from holders import PEERS, Holders  # noqa: E402
 
 import singleton  # noqa: E402
@@ -141,9 +140,7 @@ def main() -> int:
             print(lines[-2], lines[-1], sep="\n", flush=True)
     lines.append("")
     lines.append(f"Load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}.")
-    text = "\n".join(lines)
-    print(text)
-    write_out(args.out, text)
+    emit(lines, args.out)
     return 0
 
 

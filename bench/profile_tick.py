@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median, pct, write_out  # noqa: E402
+from common import emit, machine, median, pct  # noqa: E402
 
 import importlib  # noqa: E402
 from singleton import Config, Singleton, TickContext  # noqa: E402
@@ -47,7 +47,6 @@ def _module(name: str) -> object | None:
 
 def stages(endpoints: tuple, ticks: int) -> tuple[dict[str, list[float]], int]:
     marks: dict[int, dict[str, float]] = collections.defaultdict(dict)
-    current = threading.local()
     # The tick loop lives in runtime/ticking.py (many jobs) or, in older trees, runtime/leadership.py.
     loop = next(m for m in (_module("singleton.runtime.ticking"), _module("singleton.runtime.leadership"))
                 if m is not None and hasattr(m, "check_due"))
@@ -170,9 +169,7 @@ def main() -> int:
         lines.append("")
         if args.py_spy_s > 0:
             lines += py_spy(c.endpoints_arg, args.py_spy_s, Path(tmp))
-    text = "\n".join(lines)
-    print(text)
-    write_out(args.out, text)
+    emit(lines, args.out)
     return 0
 
 

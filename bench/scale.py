@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import etcd_counts, machine, median, write_out  # noqa: E402
+from common import emit, etcd_counts, machine, median  # noqa: E402
 from footprint import RECEIVED, sample  # noqa: E402
 from holders import Holders  # noqa: E402
 
@@ -91,9 +91,7 @@ def main() -> int:
         lines.append(f"| {method} requests in the 15 s after a leader's death | "
                      f"{'/'.join(str(n) for n in counts)} (one per round) |")
     lines += ["", f"Load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}."]
-    text = "\n".join(lines)
-    print(text)
-    write_out(args.out, text)
+    emit(lines, args.out)
     return 0
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, median, pct, require, write_out  # noqa: E402
+from common import emit, machine, median, pct, require  # noqa: E402
 
 from singleton.dev.embedded import EtcdCluster  # noqa: E402
 
@@ -92,9 +92,7 @@ def main() -> int:
             results = session(c.endpoints_arg, args.ticks, work, spinners)
             load = " ".join(f"{x:.2f}" for x in os.getloadavg())
             lines += table(results, f"{title} (load average at the end {load}; {time.monotonic() - started:.0f} s)")
-    text = "\n".join(lines)
-    print(text)
-    write_out(args.out, text)
+    emit(lines, args.out)
     return 0
 
 

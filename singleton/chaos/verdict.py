@@ -41,6 +41,12 @@ def _first_other(ticks: list[Tick], after: float, old: str | None) -> Tick | Non
     return next((t for t in ticks if t.start_mono > after and t.replica != old), None)
 
 
+def _record_takeover(verdict: Verdict, ev: FaultEvent, took_s: float) -> None:
+    """One takeover's time, in the run's list and in its fault kind's."""
+    verdict.takeovers_s.append(took_s)
+    verdict.takeovers_by_kind.setdefault(ev.kind, []).append(took_s)
+
+
 def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: Verdict, run: ScenarioRun) -> None:
     ttl, key_events = timings.lease_ttl_s, run.key_events
     new = _first_other(ticks, ev.at_mono, ev.old_leader)
@@ -49,8 +55,7 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
         if new is None or not old_slots:
             verdict.violations.append(f"{ev.name}: no takeover")
             return
-        verdict.takeovers_s.append(new.start_mono - ev.at_mono)
-        verdict.takeovers_by_kind.setdefault(ev.kind, []).append(new.start_mono - ev.at_mono)
+        _record_takeover(verdict, ev, new.start_mono - ev.at_mono)
         old_last = max((t for t in ticks if t.replica == ev.old_leader and t.start_mono <= ev.at_mono),
                        key=lambda t: t.start_mono, default=None)
         # A successor whose wall clock is ahead numbers its first slot by that clock: the numbers jump by the
@@ -85,8 +90,7 @@ def _check_event(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: V
             verdict.violations.append(f"{ev.name}: no takeover")
             return
         took = new.start_mono - ev.at_mono
-        verdict.takeovers_s.append(took)
-        verdict.takeovers_by_kind.setdefault(ev.kind, []).append(took)
+        _record_takeover(verdict, ev, took)
         if ev.kind == "crash" and run.fast_failover:
             if took > FAST_CRASH_BOUND_S + SLACK_S:
                 verdict.violations.append(f"{ev.name}: takeover after {took:.2f} s > {FAST_CRASH_BOUND_S:g} s "
@@ -144,8 +148,7 @@ def _check_revoked(ev: FaultEvent, ticks: list[Tick], verdict: Verdict, new: Tic
         verdict.violations.append(f"{ev.name}: no takeover")
         return
     took = new.start_mono - ev.at_mono
-    verdict.takeovers_s.append(took)
-    verdict.takeovers_by_kind.setdefault(ev.kind, []).append(took)
+    _record_takeover(verdict, ev, took)
     if took > FAST_CRASH_BOUND_S + SLACK_S:
         verdict.violations.append(f"{ev.name}: takeover after {took:.2f} s > {FAST_CRASH_BOUND_S:g} s")
     term = next((t.token for t in reversed(ticks) if t.replica == ev.old_leader and t.start_mono <= ev.at_mono), None)
@@ -308,8 +311,7 @@ def _check_hung(ev: FaultEvent, ticks: list[Tick], timings: Timings, verdict: Ve
         verdict.violations.append(f"{ev.name}: no takeover")
         return
     took = new.start_mono - stepped_down
-    verdict.takeovers_s.append(took)
-    verdict.takeovers_by_kind.setdefault(ev.kind, []).append(took)
+    _record_takeover(verdict, ev, took)
     # etcd's account at the first 503: a replica that revoked or deleted at its step-down no longer holds the key.
     before = [(deleted, token) for at, deleted, token in run.key_events if first_503 is not None and at <= first_503]
     if first_503 is not None and (not before or before[-1][0] or run.holders.get(before[-1][1]) != hung.replica):
