@@ -91,6 +91,15 @@ class Backend(ABC):
         """Every key under `prefix`, in key order."""
 
     @abstractmethod
+    def read_prefix(self, prefix: str, timeout_s: float) -> tuple[list[KeyValue], int]:
+        """`get_prefix` and the store revision it was read at (a watch from revision + 1 misses nothing)."""
+
+    @abstractmethod
+    def put_leased(self, key: str, value: bytes, lease_id: int, timeout_s: float) -> int:
+        """Put `key` under the lease, whatever it held before (sharding's member record); returns the revision.
+        Raises LeaseNotFound when the lease does not exist."""
+
+    @abstractmethod
     def get_many(self, keys: Sequence[str], timeout_s: float) -> dict[str, KeyValue]:
         """The keys that exist among `keys` (one consistent read per chunk of 100)."""
 

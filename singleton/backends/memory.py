@@ -182,10 +182,20 @@ class MemoryBackend(Backend):
             return self._kv.get(key), self._revision
 
     def get_prefix(self, prefix: str, timeout_s: float) -> list[KeyValue]:
+        return self.read_prefix(prefix, timeout_s)[0]
+
+    def read_prefix(self, prefix: str, timeout_s: float) -> tuple[list[KeyValue], int]:
         self._enter(timeout_s)
         with self._cond:
             self._expire_locked()
-            return [self._kv[k] for k in sorted(self._kv) if k.startswith(prefix)]
+            return [self._kv[k] for k in sorted(self._kv) if k.startswith(prefix)], self._revision
+
+    def put_leased(self, key: str, value: bytes, lease_id: int, timeout_s: float) -> int:
+        self._enter(timeout_s)
+        with self._cond:
+            self._expire_locked()
+            self._commit_locked([(key, value, lease_id)])  # LeaseNotFound for a gone lease, as etcd
+            return self._revision
 
     def claim(self, leader_key: str, fencing_token: int, claim: Claim, puts: dict[str, bytes],
               timeout_s: float) -> int | None:

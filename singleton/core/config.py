@@ -6,13 +6,14 @@ import re
 import socket
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from singleton.core.errors import ConfigError
 from singleton.core.security import Credentials, load_credentials
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_GROUP_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._:-]{0,127}$")  # a job's name is its group's by default
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,16 @@ class Config:
     sense_host: str = field(default_factory=lambda: os.environ.get("SINGLETON_SENSE_HOST", "0.0.0.0"))
     sense_port: int = 0
     advertise_host: str = ""
+    # Sharding (runtime/shard/): each job belongs to a group (its own name unless given), each group has its own
+    # leader key, term, fencing token and run records, all backed by this replica's one lease. Off: one leader
+    # for everything, exactly as before. `group` is set only on the per-group view of a Config (for_group).
+    shard: bool = False
+    group: str | None = None
+    # A member that is not the preferred owner of a vacant group waits this long before campaigning for it
+    # (the preferred one goes at once); a leader hands at most one group per rebalance_interval_s to a member
+    # now preferred for it, so a rolling restart does not move every group at once.
+    shard_campaign_delay_s: float = 0.5
+    rebalance_interval_s: float = 1.0
     # TLS files (paths) and etcd auth; the password itself never comes from a flag.
     cacert: str | None = None
     cert: str | None = None
@@ -131,12 +142,36 @@ class Config:
         return self.renewal_timeout_s
 
     @property
+    def _term_root(self) -> str:
+        """Where a term's keys live: the name's, or with sharding the group's (`<prefix>/<name>/groups/<g>`)."""
+        base = f"{self.prefix}/{self.name}"
+        return base if self.group is None else f"{base}/groups/{self.group}"
+
+    @property
     def leader_key(self) -> str:
-        return f"{self.prefix}/{self.name}/leader"
+        return f"{self._term_root}/leader"
 
     @property
     def handover_key(self) -> str:
-        return f"{self.prefix}/{self.name}/handover"
+        return f"{self._term_root}/handover"
+
+    @property
+    def members_prefix(self) -> str:
+        """Sharding: live replicas register under this, each with its lease."""
+        return f"{self.prefix}/{self.name}/members/"
+
+    def member_key(self, replica_id: str | None = None) -> str:
+        return self.members_prefix + (replica_id or self.replica_id)
+
+    @property
+    def groups_prefix(self) -> str:
+        """Sharding: `<groups_prefix><group>/leader`, `/handover`, `/resign`."""
+        return f"{self.prefix}/{self.name}/groups/"
+
+    def for_group(self, group: str) -> Config:
+        """The view of this Config that one group's term uses: its keys under `groups/<group>/`. Job run records
+        and controls stay per job (`jobs/<job>/...`), so job commands work the same with sharding on or off."""
+        return replace(self, group=group)
 
     @property
     def run_key(self) -> str:
@@ -158,7 +193,7 @@ class Config:
 
     @property
     def resign_key(self) -> str:
-        return f"{self.prefix}/{self.name}/resign"
+        return f"{self._term_root}/resign"
 
     def validate(self) -> None:
         ttl, margin, every = self.lease_ttl_s, self.min_remaining_ttl_s, self.keepalive_interval_s
@@ -196,8 +231,10 @@ class Config:
         if self.job_timeout_s is not None and self.job_timeout_s <= 0:
             raise SettingError("{job_timeout_s} must be > 0 seconds, or unset for none",
                                {"job_timeout_s": self.job_timeout_s})
+        if self.group is not None and not _GROUP_RE.match(self.group):
+            raise ConfigError(f"bad group {self.group!r}: use letters, digits and . _ : -")
         for label in ("call_timeout_s", "stop_timeout_s", "campaign_backoff_max_s", "job_cancel_grace_s",
-                      "catch_up_window_s"):
+                      "catch_up_window_s", "shard_campaign_delay_s", "rebalance_interval_s"):
             value = getattr(self, label)
             if value <= 0:
                 raise SettingError(f"{{{label}}} must be > 0", {label: value})

@@ -37,6 +37,12 @@ class JobSpec:
     timeout_s: float | None = None  # cancel a run after this long (then the hung-job rules apply)
     catch_up: str = "skip"
     catch_up_window_s: float = 60.0
+    group: str | None = None  # sharding: the group whose leader runs this job (None: a group of its own)
+
+    @property
+    def group_name(self) -> str:
+        """The group this job belongs to with sharding on."""
+        return self.group if self.group is not None else self.name
 
     @property
     def every_second(self) -> bool:
@@ -54,7 +60,8 @@ def _number(job: str, name: str, value: Any, *, minimum: float = 0.0, strict: bo
 
 def build_job_spec(name: str, target: Any = None, *, every: float | None = None, cron: str | None = None,
                    tz: str | None = None, jitter: float = 0.0, overlap: str = "skip", max_instances: int | None = None,
-                   timeout: float | None = None, catch_up: str = "skip", catch_up_window: float = 60.0) -> JobSpec:
+                   timeout: float | None = None, catch_up: str = "skip", catch_up_window: float = 60.0,
+                   group: str | None = None) -> JobSpec:
     """Validate one job's settings (seconds as plain numbers, as a user writes them) into a JobSpec."""
     if not isinstance(name, str) or not _JOB_NAME_RE.match(name):
         raise JobSpecError(str(name), "name", "must be 1-128 characters of letters, digits and . _ : - "
@@ -81,7 +88,10 @@ def build_job_spec(name: str, target: Any = None, *, every: float | None = None,
     if catch_up not in CATCH_UP_POLICIES:
         raise JobSpecError(name, "catch_up", f"must be one of {', '.join(CATCH_UP_POLICIES)} (got {catch_up!r})")
     window_s = _number(name, "catch_up_window", catch_up_window)
-    return JobSpec(name, schedule, target, jitter_s, overlap, max_instances, timeout_s, catch_up, window_s)
+    if group is not None and (not isinstance(group, str) or not _JOB_NAME_RE.match(group)):
+        raise JobSpecError(name, "group", "must be 1-128 characters of letters, digits and . _ : - (got "
+                           f"{group!r})")
+    return JobSpec(name, schedule, target, jitter_s, overlap, max_instances, timeout_s, catch_up, window_s, group)
 
 
 def check_unique(specs: list[JobSpec]) -> None:

@@ -45,9 +45,15 @@ class Leadership(Ticker):
                  jobs: Runner | None, stats: Stats, wake: threading.Event,
                  stop_reason: Callable[[], StepDownReason | None],
                  on_step_down: Callable[[StepDownReason], None] = lambda reason: None,
-                 chain: RunChain | None = None, *, tracks: list[Track] | None = None) -> None:
+                 chain: RunChain | None = None, *, tracks: list[Track] | None = None,
+                 shared_lease: bool = False, successor: Callable[[], str] = str) -> None:
         self.config, self.backend, self.clock = config, backend, clock
         self.election, self.term, self.stats = election, term, stats
+        # Sharding: the replica's one lease backs this term (runtime/shard/member.py renews it and wakes us); the
+        # term then neither renews nor revokes it, and releases only its own key. `successor`: whom the handover
+        # names (sharding's placement), "" for anyone.
+        self.shared_lease = shared_lease
+        self._successor = successor
         if tracks is None:
             assert jobs is not None
             tracks = [Track(legacy_spec(config), jobs, chain, legacy=True)]
@@ -171,7 +177,8 @@ class Leadership(Ticker):
             request_resign: Callable[[], None], handover: Handover | None = None) -> TermOutcome:
         keepalive = threading.Thread(target=self._keepalive_loop, args=(first_sent_at,), daemon=True,
                                      name="singleton-keepalive")
-        keepalive.start()
+        if not self.shared_lease:
+            keepalive.start()
         threading.Thread(target=self._resign_watch, args=(won_revision + 1, request_resign), daemon=True,
                          name="singleton-resign-watch").start()
         threading.Thread(target=self.controls.follow, args=(won_revision + 1,), daemon=True,
@@ -187,7 +194,8 @@ class Leadership(Ticker):
             left_running = self._step_down(reason)
         finally:
             self._over.set()  # the keepalive and resign watch end with the term, whatever happened
-        keepalive.join(timeout=self.config.renewal_deadline_s + 1.0)
+        if keepalive.is_alive():
+            keepalive.join(timeout=self.config.renewal_deadline_s + 1.0)
         return TermOutcome(reason, self.last_started_slot, left_running)
 
     # --- job control (runtime.control) ---------------------------------------------------------------
@@ -243,11 +251,27 @@ class Leadership(Ticker):
             elif step.act is Act.STOP_RENEWING:
                 self._over.set()
             elif step.act is Act.REVOKE:
-                self._revoke()
+                if self.shared_lease:
+                    self._release_key()
+                else:
+                    self._revoke()
             elif step.act is Act.LET_LEASE_LAPSE:
+                if self.shared_lease:  # the lease lives on for the other groups: release the key when it would lapse
+                    timer = threading.Timer(keeper.remaining_s(now), self._release_key)
+                    timer.daemon = True
+                    timer.start()
                 log.warning("the tick of slot %s ignored its cancel and still runs: not releasing lease %x, it "
                             "expires by itself in %.1f s; a standby cannot start beside it %s",
                             self.last_started_slot, keeper.lease_id, keeper.remaining_s(now), self._tag)
+
+    def _release_key(self) -> None:
+        """Sharding: end this group's term at etcd without touching the lease the other groups share (a delete
+        guarded by our token: a successor's key is never touched). After a handover the key is gone already."""
+        cfg = self.config
+        try:
+            self.backend.guarded_delete(cfg.leader_key, self.term.fencing_token, cfg.leader_key, cfg.call_timeout_s)
+        except BackendError as err:
+            log.warning("could not delete the leader key (it goes with the lease) %s: %s", self._tag, err)
 
     def _revoke(self) -> None:
         keeper = self.term.keeper
@@ -263,7 +287,7 @@ class Leadership(Ticker):
         legacy = next((t for t in self.tracks if t.legacy), None)
         handover = Handover(replica_id=cfg.replica_id, fencing_token=self.term.fencing_token,
                             last_slot=(legacy.last_started_slot if legacy else None) or 0,
-                            written_at_unix_s=self.clock.wall())
+                            written_at_unix_s=self.clock.wall(), successor_id=self._successor())
         for track in self.tracks:
             if not track.legacy and track.plan is not None:
                 handover.job_next_slots[track.name] = track.plan.slot  # the first slot we did not start

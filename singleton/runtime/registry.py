@@ -47,8 +47,16 @@ class JobRegistry:
 
     @property
     def legacy(self) -> bool:
-        """The one job came through the legacy path: legacy keys and unlabelled metrics."""
-        return len(self._jobs) == 1 and self._jobs[0].legacy
+        """The one job came through the legacy path: legacy keys and unlabelled metrics. Never with sharding:
+        every job then has its own keys, whatever group it is in."""
+        return len(self._jobs) == 1 and self._jobs[0].legacy and not self.config.shard
+
+    def groups(self) -> dict[str, list[str]]:
+        """Sharding: each group and its jobs, in registration order."""
+        out: dict[str, list[str]] = {}
+        for job in self._jobs:
+            out.setdefault(job.spec.group_name, []).append(job.spec.name)
+        return out
 
     def add_legacy(self, fn: JobFn) -> JobFn:
         self._add(_Job(legacy_spec(self.config, default_job_name(fn)), fn, True))
@@ -62,14 +70,15 @@ class JobRegistry:
 
     def add_with(self, fn: JobFn, *, name: str | None, every: float | None, cron: str | None, tz: str | None,
                  jitter: float, overlap: str, max_instances: int | None, timeout: float | None,
-                 catch_up: str | None, catch_up_window: float | None) -> JobFn:
+                 catch_up: str | None, catch_up_window: float | None, group: str | None = None) -> JobFn:
         """`@app.job(...)`: policies not given default to the Config's (job_timeout_s, catch_up, window)."""
         cfg = self.config
         spec = build_job_spec(name if name is not None else default_job_name(fn), fn, every=every, cron=cron, tz=tz,
                               jitter=jitter, overlap=overlap, max_instances=max_instances,
                               timeout=cfg.job_timeout_s if timeout is None else timeout,
                               catch_up=cfg.catch_up if catch_up is None else catch_up,
-                              catch_up_window=cfg.catch_up_window_s if catch_up_window is None else catch_up_window)
+                              catch_up_window=cfg.catch_up_window_s if catch_up_window is None else catch_up_window,
+                              group=group)
         return self.add(spec, fn)
 
     def _add(self, job: _Job) -> None:
@@ -89,11 +98,15 @@ class JobRegistry:
                                                pool=self.pool, async_loop=self.async_loop) for j in self._jobs}
         return AllJobs([Track(j.spec, self.runners[j.spec.name], None, self.legacy) for j in self._jobs])
 
-    def tracks(self, backend: Backend, clock: Clock, token: int, legacy_record: KeyValue | None) -> list[Track]:
-        """This term's view of every job, each with its own run record (None when the record is off)."""
-        cfg, legacy = self.config, self.legacy
+    def tracks(self, backend: Backend, clock: Clock, token: int, legacy_record: KeyValue | None,
+               group: str | None = None) -> list[Track]:
+        """This term's view of every job (of `group` only, with sharding), each with its own run record (None when
+        the record is off). A group's run records are guarded by the group's leader key."""
+        cfg, legacy = self.config if group is None else self.config.for_group(group), self.legacy
         out = []
         for job in self._jobs:
+            if group is not None and job.spec.group_name != group:
+                continue
             chain = RunChain(cfg, backend, clock, token, legacy_record if legacy else None,
                              None if legacy else job.spec.name) if cfg.run_record else None
             out.append(Track(job.spec, self.runners[job.spec.name], chain, legacy))
@@ -108,7 +121,7 @@ class JobRegistry:
 
 def job_decorator(registry: JobRegistry, fn: JobFn | None, **options: Any) -> Any:
     """`@app.job` / `@app.job()` (no option: the legacy every-second job) and `@app.job(...)`."""
-    defaults = {"jitter": 0.0, "overlap": "skip"}
+    defaults = {"jitter": 0.0, "overlap": "skip", "group": None}
     plain = all(value == defaults.get(key) for key, value in options.items())
 
     def register(f: JobFn) -> JobFn:

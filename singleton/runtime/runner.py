@@ -19,6 +19,7 @@ from singleton.core.jobspec import JobSpec
 from singleton.runtime.campaign import Campaigner, Won
 from singleton.runtime.jobs import JobFn, TickContext, outcome
 from singleton.runtime.sense_listener import SenseListener
+from singleton.runtime.shard.sharded import ShardedRun
 from singleton.runtime.leadership import Leadership
 from singleton.runtime.registry import JobRegistry, job_decorator
 from singleton.runtime.tracks import AllJobs
@@ -83,6 +84,7 @@ class Singleton(StatusMixin):
         self._listeners = Listeners()
         self._loop: asyncio.AbstractEventLoop | None = None  # the caller's, when started from asyncio
         self._jobs: AllJobs | None = None
+        self._sharded: ShardedRun | None = None  # with config.shard: the groups this replica stands for
         self.replica_id = config.replica_id
         self._campaigner = Campaigner(config, self.backend, self.clock, self.election, self._stop, self._see_leader)
         self._campaigner.job_names = lambda: [] if self._registry.legacy else self._registry.names
@@ -92,15 +94,16 @@ class Singleton(StatusMixin):
     def job(self, fn: JobFn | None = None, *, name: str | None = None, every: float | None = None,
             cron: str | None = None, tz: str | None = None, jitter: float = 0.0, overlap: str = "skip",
             max_instances: int | None = None, timeout: float | None = None, catch_up: str | None = None,
-            catch_up_window: float | None = None) -> Any:
+            catch_up_window: float | None = None, group: str | None = None) -> Any:
         """Decorator: `@app.job` runs the function every second; `@app.job(every=0.25)`,
         `@app.job(cron="*/5 * * * * *", tz="Europe/Berlin")` and the policies (overlap "skip"/"allow" with
         max_instances, timeout, catch_up "skip"/"coalesce" with catch_up_window, jitter) per job. The name defaults to
         the function's qualified name; two jobs of one name raise JobSpecError (a ConfigError). Policies not given
-        come from the Config (job_timeout_s, catch_up, catch_up_window_s)."""
+        come from the Config (job_timeout_s, catch_up, catch_up_window_s). `group`: with sharding, the jobs of one
+        group run on one replica (default: each job is a group of its own)."""
         return job_decorator(self._registry, fn, name=name, every=every, cron=cron, tz=tz, jitter=jitter,
                              overlap=overlap, max_instances=max_instances, timeout=timeout, catch_up=catch_up,
-                             catch_up_window=catch_up_window)
+                             catch_up_window=catch_up_window, group=group)
 
     def add_job(self, spec: JobSpec, fn: JobFn) -> JobFn:
         """Register a job from a validated JobSpec (core.jobspec.build_job_spec; the jobs file does this)."""
@@ -146,7 +149,10 @@ class Singleton(StatusMixin):
         log.info("replica %s starting for %s on %s", self.config.replica_id, self.config.leader_key,
                  ",".join(map(str, self.config.endpoints)))
         try:
-            while not self._stop.is_set():
+            if self.config.shard:
+                self._sharded = ShardedRun(self)
+                self._sharded.run()
+            while not self._stop.is_set() and not self.config.shard:
                 if not self._wait_for_job_to_end(jobs):
                     break
                 won = self._campaigner.until_decided()
@@ -171,7 +177,7 @@ class Singleton(StatusMixin):
     def _listen_for_sensing(self) -> SenseListener | None:
         """Fast failover: a listener standbys connect to, for as long as this process runs (its death closes it)."""
         cfg = self.config
-        if not cfg.fast_failover:
+        if not cfg.fast_failover or cfg.shard:  # sharding: a crash is taken over when the member lease lapses
             return None
         try:
             listener = SenseListener(cfg.sense_host, cfg.sense_port, cfg.advertise_host).start()
@@ -336,7 +342,7 @@ class Singleton(StatusMixin):
 
     def _job_done(self, ctx: TickContext, duration_s: float, error: BaseException | None) -> None:
         self.stats.job_done(duration_s, failed=error is not None, job=None if self._registry.legacy else ctx.job)
-        leadership = self._leadership
+        leadership = self._sharded.leadership_for(ctx.job) if self._sharded is not None else self._leadership
         chain = leadership.chain_for(ctx.job) if leadership is not None else None
         if chain is not None:  # its outcome goes into the next claim
             chain.finished(ctx.slot, ctx.scheduled_at + ctx.lateness_s, duration_s, outcome(ctx, error),

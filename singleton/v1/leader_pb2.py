@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19singleton/v1/leader.proto\x12\x0csingleton.v1\"\xa4\x01\n\x0cLeaderRecord\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x19\n\x11\x65lected_at_unix_s\x18\x04 \x01(\x01\x12\x10\n\x08lease_id\x18\x05 \x01(\x03\x12\x15\n\rsense_address\x18\x06 \x01(\t\x12\x13\n\x0bsense_nonce\x18\x07 \x01(\t\x12\x0c\n\x04jobs\x18\x08 \x03(\t\"\xda\x01\n\x08Handover\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x03\x12\x11\n\tlast_slot\x18\x03 \x01(\x03\x12\x19\n\x11written_at_unix_s\x18\x04 \x01(\x01\x12@\n\x0ejob_next_slots\x18\x05 \x03(\x0b\x32(.singleton.v1.Handover.JobNextSlotsEntry\x1a\x33\n\x11JobNextSlotsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19singleton/v1/leader.proto\x12\x0csingleton.v1\"\xa4\x01\n\x0cLeaderRecord\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x19\n\x11\x65lected_at_unix_s\x18\x04 \x01(\x01\x12\x10\n\x08lease_id\x18\x05 \x01(\x03\x12\x15\n\rsense_address\x18\x06 \x01(\t\x12\x13\n\x0bsense_nonce\x18\x07 \x01(\t\x12\x0c\n\x04jobs\x18\x08 \x03(\t\"\xf0\x01\n\x08Handover\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x03\x12\x11\n\tlast_slot\x18\x03 \x01(\x03\x12\x19\n\x11written_at_unix_s\x18\x04 \x01(\x01\x12@\n\x0ejob_next_slots\x18\x05 \x03(\x0b\x32(.singleton.v1.Handover.JobNextSlotsEntry\x12\x14\n\x0csuccessor_id\x18\x06 \x01(\t\x1a\x33\n\x11JobNextSlotsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"}\n\x0cMemberRecord\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\x12\x10\n\x08lease_id\x18\x04 \x01(\x03\x12\x1c\n\x14registered_at_unix_s\x18\x05 \x01(\x01\x12\x0e\n\x06groups\x18\x06 \x03(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,7 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEADERRECORD']._serialized_start=44
   _globals['_LEADERRECORD']._serialized_end=208
   _globals['_HANDOVER']._serialized_start=211
-  _globals['_HANDOVER']._serialized_end=429
-  _globals['_HANDOVER_JOBNEXTSLOTSENTRY']._serialized_start=378
-  _globals['_HANDOVER_JOBNEXTSLOTSENTRY']._serialized_end=429
+  _globals['_HANDOVER']._serialized_end=451
+  _globals['_HANDOVER_JOBNEXTSLOTSENTRY']._serialized_start=400
+  _globals['_HANDOVER_JOBNEXTSLOTSENTRY']._serialized_end=451
+  _globals['_MEMBERRECORD']._serialized_start=453
+  _globals['_MEMBERRECORD']._serialized_end=578
 # @@protoc_insertion_point(module_scope)

@@ -103,11 +103,16 @@ class Handover(_message.Message):
     LAST_SLOT_FIELD_NUMBER: _builtins.int
     WRITTEN_AT_UNIX_S_FIELD_NUMBER: _builtins.int
     JOB_NEXT_SLOTS_FIELD_NUMBER: _builtins.int
+    SUCCESSOR_ID_FIELD_NUMBER: _builtins.int
     replica_id: _builtins.str
     fencing_token: _builtins.int
     last_slot: _builtins.int
     """The last slot (whole Unix second) the leader ran or started; 0 when it ran none."""
     written_at_unix_s: _builtins.float
+    successor_id: _builtins.str
+    """Sharding: the member this group is handed to (the live member preferred for it, this one aside), which
+    campaigns at once; every other member waits its delay. Empty: anyone (the single-leader mode).
+    """
     @_builtins.property
     def job_next_slots(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Named jobs (several jobs under one leader): for each job, the first slot this leader did not start, so
@@ -123,11 +128,53 @@ class Handover(_message.Message):
         last_slot: _builtins.int = ...,
         written_at_unix_s: _builtins.float = ...,
         job_next_slots: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        successor_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fencing_token", b"fencing_token", "job_next_slots", b"job_next_slots", "last_slot", b"last_slot", "replica_id", b"replica_id", "written_at_unix_s", b"written_at_unix_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fencing_token", b"fencing_token", "job_next_slots", b"job_next_slots", "last_slot", b"last_slot", "replica_id", b"replica_id", "successor_id", b"successor_id", "written_at_unix_s", b"written_at_unix_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Handover: _TypeAlias = Handover  # noqa: Y015
+
+@_typing.final
+class MemberRecord(_message.Message):
+    """Sharding: what a live replica registers at `<prefix>/<name>/members/<replica id>`, under its one lease (the
+    lease that also backs every group it leads, so its crash removes both at the same revision).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLICA_ID_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    PID_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    REGISTERED_AT_UNIX_S_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    replica_id: _builtins.str
+    host: _builtins.str
+    pid: _builtins.int
+    lease_id: _builtins.int
+    registered_at_unix_s: _builtins.float
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The groups this replica can lead (it runs their jobs): placement only counts a member for its own groups."""
+
+    def __init__(
+        self,
+        *,
+        replica_id: _builtins.str = ...,
+        host: _builtins.str = ...,
+        pid: _builtins.int = ...,
+        lease_id: _builtins.int = ...,
+        registered_at_unix_s: _builtins.float = ...,
+        groups: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "host", b"host", "lease_id", b"lease_id", "pid", b"pid", "registered_at_unix_s", b"registered_at_unix_s", "replica_id", b"replica_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberRecord: _TypeAlias = MemberRecord  # noqa: Y015

@@ -266,11 +266,19 @@ class EtcdBackend(Backend):
         return (kv_of(resp.kvs[0]) if resp.kvs else None), resp.header.revision
 
     def get_prefix(self, prefix: str, timeout_s: float) -> list[KeyValue]:
+        return self.read_prefix(prefix, timeout_s)[0]
+
+    def read_prefix(self, prefix: str, timeout_s: float) -> tuple[list[KeyValue], int]:
         start = prefix.encode()
         end = start[:-1] + bytes([start[-1] + 1])  # etcd's range_end for "every key with this prefix"
         resp = self._unary(f"get {prefix}*", pb_grpc.KVStub, "Range", pb.RangeRequest(key=start, range_end=end),
                            timeout_s)
-        return [kv_of(kv) for kv in resp.kvs]
+        return [kv_of(kv) for kv in resp.kvs], int(resp.header.revision)
+
+    def put_leased(self, key: str, value: bytes, lease_id: int, timeout_s: float) -> int:
+        resp = self._unary(f"put {key}", pb_grpc.KVStub, "Put",
+                           pb.PutRequest(key=key.encode(), value=value, lease=lease_id), timeout_s)
+        return int(resp.header.revision)
 
     def claim(self, leader_key: str, fencing_token: int, claim: Claim, puts: dict[str, bytes],
               timeout_s: float) -> int | None:

@@ -1,0 +1,244 @@
+"""Sharding (`Config(shard=True)`, `--shard`): the replica stands for every group it runs, on one lease.
+
+One coordinator thread decides, from the view (runtime/shard/view.py) and core.placement, which vacant groups to
+campaign for now (the preferred owner, or a handover's named successor, at once; the others after their delay) and
+which led group to hand to a member now preferred for it (graceful, one per rebalance_interval_s). Each won group
+runs its own term on its own thread (runtime/shard/term.py); the member lease (runtime/shard/member.py) backs them
+all. No thread per standing-by group: a replica that can lead 500 groups and leads 10 runs 10 term threads.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+import tenacity
+
+from singleton.backends.abc import KeyValue
+from singleton.core.election import Election
+from singleton.core.errors import BackendError, LeaseNotFound
+from singleton.core.lease import LeaseKeeper, StepDownReason
+from singleton.core.placement import RebalancePacer, campaign_delay_s, groups_to_move, successor_for
+from singleton.core.records import decode_handover, leader_record
+from singleton.runtime.leadership import Leadership
+from singleton.runtime.shard.member import GroupKeeper, MemberLease, backoff_s
+from singleton.runtime.shard.term import GroupTerm, wake_all
+from singleton.runtime.shard.view import Member, ShardView, Vacancy
+
+if TYPE_CHECKING:
+    from singleton.runtime.runner import Singleton
+
+log = logging.getLogger("singleton")
+
+RESIGN_HOLD_S = 30.0  # a member that resigned a group does not take it back (nor is handed it) for this long
+_IDLE_WAIT_S = 5.0  # the coordinator's longest sleep when nothing is due (a change wakes it at once)
+
+
+class ShardedRun:
+    def __init__(self, app: Singleton) -> None:
+        self.app, self.config = app, app.config
+        self.stopping = app._stop
+        self.groups = app._registry.groups()  # group -> its jobs
+        self.terms: dict[str, GroupTerm] = {}
+        self._lapsing: dict[str, GroupTerm] = {}  # ended with a job that ignored its cancel: the key stays
+        self._withdrawn: dict[str, float] = {}  # group -> monotonic time until which we do not lead it
+        self._retry_at: dict[str, float] = {}
+        self._attempts: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._pacer = RebalancePacer(self.config.rebalance_interval_s)
+        self._wait = tenacity.wait_exponential_jitter(initial=0.1, max=self.config.campaign_backoff_max_s,
+                                                      jitter=0.2)
+        self.view = ShardView(self.config, app.backend, app.clock, self.stopping, self._group_changed)
+        self.member = MemberLease(self.config, app.backend, app.clock, list(self.groups), self.stopping,
+                                  self._lease_changed, self._terms_on)
+        self._loaded_at = 0.0
+        self._registered = list(self.groups)  # what our member record offers
+
+    # --- what other parts read ----------------------------------------------------------------------
+    def leadership_for(self, job: str) -> Leadership | None:
+        with self._lock:
+            for term in self.terms.values():
+                if term.leadership is not None and job in self.groups.get(term.group, ()):
+                    return term.leadership
+        return None
+
+    def led_groups(self) -> dict[str, int]:
+        """Group -> fencing token, for the groups this replica leads now."""
+        with self._lock:
+            return {g: t.token for g, t in self.terms.items()}
+
+    def successor(self, group: str) -> str:
+        """Whom a handover of `group` names: the preferred owner among the other live members."""
+        _, members, _, _ = self.view.snapshot()
+        return successor_for(group, self.config.replica_id, {m: v.groups for m, v in members.items()}) or ""
+
+    def changed(self) -> None:
+        self.app._changed()
+
+    def withdraw(self, group: str) -> None:
+        with self._lock:
+            self._withdrawn[group] = self.app.clock.monotonic() + RESIGN_HOLD_S
+        self.member.set_groups(self._offered(self.app.clock.monotonic()))
+
+    def term_ended(self, term: GroupTerm) -> None:
+        with self._lock:
+            if self.terms.get(term.group) is term:
+                del self.terms[term.group]
+            if term.outcome is not None and term.outcome.job_left_running:
+                self._lapsing[term.group] = term
+        self.view.poke()
+        self.changed()
+
+    # --- callbacks from the view and the member lease (other threads: never block) -------------------
+    def _group_changed(self, group: str, kv: KeyValue | None) -> None:
+        with self._lock:
+            term = self.terms.get(group)
+        if term is not None and (kv is None or kv.create_revision != term.token):
+            term.lost()
+
+    def _lease_changed(self) -> None:
+        with self._lock:
+            terms = list(self.terms.values())
+        wake_all(terms)
+        self.view.poke()
+
+    def _terms_on(self, lease_id: int) -> int:
+        with self._lock:
+            for group, term in list(self._lapsing.items()):
+                if term.leadership is None or not term.leadership.jobs.busy():
+                    del self._lapsing[group]
+            return sum(1 for t in [*self.terms.values(), *self._lapsing.values()] if t.lease_id == lease_id)
+
+    # --- the coordinator ------------------------------------------------------------------------------
+    def run(self) -> None:
+        clock = self.app.clock
+        self.view.start()
+        self.member.start()
+        while not self.view.loaded.wait(0.5):  # both reads retry until etcd answers
+            if self.stopping.is_set():
+                break
+        self._loaded_at = clock.monotonic()
+        version = -1
+        wait_s: float | None = 0.0
+        try:
+            while not self.stopping.is_set():
+                version = self.view.wait_change(version, wait_s)
+                if self.stopping.is_set():
+                    break
+                wait_s = self._step(clock.monotonic())
+        finally:
+            self._shut_down()
+
+    def _offered(self, now: float) -> list[str]:
+        with self._lock:
+            self._withdrawn = {g: until for g, until in self._withdrawn.items() if until > now}
+            return [g for g in self.groups if g not in self._withdrawn]
+
+    def _step(self, now: float) -> float:
+        """Campaign for what is due, move one group if the balance asks for it; returns how long to sleep."""
+        cfg, me = self.config, self.config.replica_id
+        keeper = self.member.keeper
+        if keeper is None or not self.view.loaded.is_set() or keeper.step_down_reason(now) is not None:
+            return _IDLE_WAIT_S  # the member lease's change wakes us
+        offered = self._offered(now)
+        if set(offered) != set(self._registered):
+            self.member.set_groups(offered)
+            self._registered = list(offered)
+        _, members, leaders, vacancies = self.view.snapshot()
+        placed = {m: v.groups for m, v in members.items()}
+        placed[me] = frozenset(offered)
+        due_at = now + _IDLE_WAIT_S
+        with self._lock:
+            mine = set(self.terms) | set(self._lapsing)
+        for group in offered:
+            if group in mine or group in leaders:
+                continue
+            vacancy = vacancies.get(group)
+            at = max(self._due(group, vacancy, placed, members), self._retry_at.get(group, 0.0))
+            if now >= at:
+                self._campaign(group, keeper, vacancy, now)
+            else:
+                due_at = min(due_at, at)
+        due_at = min(due_at, self._rebalance(now, placed, members))
+        return max(0.0, due_at - now)
+
+    def _due(self, group: str, vacancy: Vacancy | None, placed: dict[str, frozenset[str]],
+             members: dict[str, Member]) -> float:
+        me = self.config.replica_id
+        dead = vacancy.dead_lease if vacancy is not None else 0
+        alive = {m: g for m, g in placed.items() if m == me or m not in members or members[m].lease_id != dead}
+        successor = vacancy.handover.successor_id if vacancy is not None and vacancy.handover is not None else ""
+        if successor and successor not in alive:
+            successor = ""  # named, but gone since: placement decides
+        delay = campaign_delay_s(group, me, alive, successor, self.config.shard_campaign_delay_s)
+        seen_at = vacancy.seen_at if vacancy is not None else self._loaded_at
+        return seen_at + delay
+
+    def _campaign(self, group: str, keeper: LeaseKeeper, vacancy: Vacancy | None, now: float) -> None:
+        cfg, app = self.config.for_group(group), self.app
+        election = Election()
+        election.campaign()
+        record = leader_record(cfg.replica_id, keeper.lease_id, app.clock.wall(), jobs=self.groups[group])
+        try:
+            result = app.backend.campaign(cfg.leader_key, record, keeper.lease_id, cfg.call_timeout_s,
+                                          also_read=(cfg.handover_key,))
+        except LeaseNotFound:
+            election.campaign_failed()
+            keeper.mark_lost(StepDownReason.LEASE_LOST)  # the member thread replaces it
+            return
+        except BackendError as err:
+            election.campaign_failed()
+            attempt = self._attempts[group] = self._attempts.get(group, 0) + 1
+            self._retry_at[group] = now + backoff_s(self._wait, attempt)
+            log.info("campaign for group %s failed (attempt %d): %s", group, attempt, err)
+            return
+        self._attempts.pop(group, None)
+        if not result.won:
+            election.lost()
+            self._retry_at[group] = now + 0.5  # the view brings the winner's key in a moment
+            return
+        self._retry_at.pop(group, None)
+        handover_kv = result.extra.get(cfg.handover_key)
+        handover = decode_handover(handover_kv.value) if handover_kv is not None and vacancy is not None and \
+            vacancy.revision and handover_kv.mod_revision == vacancy.revision else None
+        term = election.won(result.fencing_token, GroupKeeper(keeper))
+        group_term = GroupTerm(self, group, election, term, result.revision, now, handover)
+        with self._lock:
+            self.terms[group] = group_term
+        group_term.start()
+
+    def _rebalance(self, now: float, placed: dict[str, frozenset[str]], members: dict[str, Member]) -> float:
+        """Hand one led group to the member now preferred for it, at most once per interval. A term younger than the
+        interval stays put: the member that handed it to us may not have left the view yet."""
+        interval = self.config.rebalance_interval_s
+        if not self._pacer.may_move(now):
+            return self._pacer.next_at() or now
+        with self._lock:
+            settled = {g: t for g, t in self.terms.items() if now - t.won_at >= interval and not t.resign.is_set()}
+            young = [t.won_at + interval for g, t in self.terms.items() if g not in settled]
+        live = {m: g for m, g in placed.items() if m in members or m == self.config.replica_id}
+        moves = groups_to_move(settled, self.config.replica_id, live)
+        if moves:
+            group, to = moves[0]
+            log.info("rebalance: handing group %s to %s, now preferred for it", group, to)
+            settled[group].request_resign()
+            self._pacer.moved(now)
+            return now + interval
+        return min(young, default=now + _IDLE_WAIT_S)
+
+    def _shut_down(self) -> None:
+        """Withdraw from every group (so no member counts us), let each term hand over, then revoke the lease."""
+        cfg = self.config
+        self.member.set_groups([])
+        with self._lock:
+            terms = list(self.terms.values())
+        wake_all(terms)
+        for term in terms:
+            term.thread.join(cfg.stop_timeout_s + cfg.job_cancel_grace_s + 5.0)
+        with self._lock:
+            left = bool(self._lapsing)
+        if left:
+            log.warning("a job ignored its cancel: not revoking the member lease; it expires by itself")
+            self.member.abandon()
+        else:
+            self.member.release(cfg.call_timeout_s + 1.0)
