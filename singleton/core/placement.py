@@ -1,9 +1,11 @@
 """Sharding's placement: which live member should lead each group, decided the same way on every replica. No I/O.
 
-Rendezvous (highest random weight) hashing: every (group, member) pair gets a score from a hash both sides can
-compute; a group's preferred owner is the member with the highest score among those that can lead it. Adding a
-member moves only the groups it now wins (about 1/N of them); removing one moves only the groups it held. No
-coordination is needed beyond everyone seeing the same member list (a watch of `<prefix>/<name>/members/`).
+Rendezvous (highest random weight) hashing with bounded loads: every (group, member) pair gets a score from a hash
+every host computes alike; groups, taken in a fixed hashed order, each go to their highest-scoring member that still
+has room (at most ceil(groups / members) each). Plain rendezvous leaves members 2x apart at 50 groups on 5 members;
+the bound makes the spread even (0 to 1 apart), and a member joining still moves about 1.4/N of the groups (plain:
+1/N). Everyone computes the same placement from the same member records (a watch of `<prefix>/<name>/members/`,
+each record listing the groups its replica can lead); nothing else is coordinated.
 
 `RebalancePacer` decides when a leader may hand a group to a member now preferred for it: at most one group per
 interval, so a member that joins (or a rolling restart) moves groups a few at a time, never all at once.
@@ -11,6 +13,7 @@ interval, so a member that joins (or a rolling restart) moves groups a few at a 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Collection, Iterable, Mapping
 
 
@@ -21,54 +24,54 @@ def rendezvous_score(group: str, member: str) -> int:
 
 
 def ranked_members(group: str, members: Iterable[str]) -> list[str]:
-    """Members from most to least preferred for `group` (ties, practically impossible, broken by id)."""
+    """Members from highest to lowest score for `group` (ties, practically impossible, broken by id)."""
     return sorted(set(members), key=lambda m: (-rendezvous_score(group, m), m))
 
 
-def preferred_owner(group: str, members: Iterable[str]) -> str | None:
-    ranked = ranked_members(group, members)
-    return ranked[0] if ranked else None
-
-
-def eligible(group: str, members: Mapping[str, Collection[str]]) -> list[str]:
-    """The members that can lead `group`: those that registered it (they run its jobs)."""
-    return [m for m, groups in members.items() if group in groups]
-
-
-def placement(groups: Iterable[str], members: Mapping[str, Collection[str]]) -> dict[str, str | None]:
-    """Each group's preferred owner among the members that registered it (None: no member can lead it)."""
-    return {g: preferred_owner(g, eligible(g, members)) for g in groups}
+def placement(members: Mapping[str, Collection[str]]) -> dict[str, str]:
+    """Each group any member can lead -> its preferred owner, among the members that registered it."""
+    groups = sorted({g for gs in members.values() for g in gs}, key=lambda g: (rendezvous_score(g, ""), g))
+    if not groups:
+        return {}
+    cap = math.ceil(len(groups) / len(members))
+    load = dict.fromkeys(members, 0)
+    out: dict[str, str] = {}
+    for group in groups:
+        ranked = ranked_members(group, [m for m, gs in members.items() if group in gs])
+        # The best member with room; when every one that can lead it is full (uneven registrations), the best.
+        owner = next((m for m in ranked if load[m] < cap), ranked[0])
+        out[group] = owner
+        load[owner] += 1
+    return out
 
 
 def campaign_delay_s(group: str, me: str, members: Mapping[str, Collection[str]], successor: str | None,
-                     delay_s: float) -> float:
+                     delay_s: float, placed: Mapping[str, str] | None = None) -> float:
     """How long this member waits, once `group` is vacant, before campaigning for it.
 
     A handover names its successor: that member goes at once and every other waits (even the preferred one: the
     leader that resigned may itself be the preferred). Otherwise the preferred owner goes at once, and the rest
-    wait in rank order (delay_s, then +10 % per rank), so that an orphaned group is still taken when its
-    preferred owner is gone or cut off, by one member rather than all of them at once.
+    wait in rank order (delay_s, then +10 % per rank), so that an orphaned group is still taken when its preferred
+    owner is gone or cut off, by one member first rather than all at once. `placed`: placement(members), if known.
     """
     if successor:
         return 0.0 if successor == me else delay_s
-    ranked = ranked_members(group, eligible(group, members) + [me])
-    rank = ranked.index(me)
-    return 0.0 if rank == 0 else delay_s * (1.0 + 0.1 * (rank - 1))
+    owner = (placed if placed is not None else placement(members)).get(group)
+    if owner is None or owner == me:
+        return 0.0
+    others = [m for m, gs in members.items() if group in gs and m != owner] + [me]
+    rank = ranked_members(group, others).index(me)
+    return delay_s * (1.0 + 0.1 * rank)
 
 
 def successor_for(group: str, leaving: str, members: Mapping[str, Collection[str]]) -> str | None:
-    """Whom a leader that hands `group` over names: the preferred owner among the others."""
-    return preferred_owner(group, [m for m in eligible(group, members) if m != leaving])
+    """Whom a leader that hands `group` over names: its preferred owner once `leaving` is left out."""
+    return placement({m: gs for m, gs in members.items() if m != leaving}).get(group)
 
 
-def groups_to_move(led: Iterable[str], me: str, members: Mapping[str, Collection[str]]) -> list[tuple[str, str]]:
-    """(group, member) for each group this member leads whose preferred owner is now another live member."""
-    moves = []
-    for group in sorted(led):
-        owner = preferred_owner(group, eligible(group, members) + [me])
-        if owner is not None and owner != me:
-            moves.append((group, owner))
-    return moves
+def groups_to_move(led: Iterable[str], me: str, placed: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(group, member) for each group this member leads whose preferred owner is now another member."""
+    return [(g, placed[g]) for g in sorted(led) if placed.get(g) not in (None, me)]
 
 
 class RebalancePacer:

@@ -18,7 +18,7 @@ from singleton.backends.abc import KeyValue
 from singleton.core.election import Election
 from singleton.core.errors import BackendError, LeaseNotFound
 from singleton.core.lease import LeaseKeeper, StepDownReason
-from singleton.core.placement import RebalancePacer, campaign_delay_s, groups_to_move, successor_for
+from singleton.core.placement import RebalancePacer, campaign_delay_s, groups_to_move, placement, successor_for
 from singleton.core.records import decode_handover, leader_record
 from singleton.runtime.leadership import Leadership
 from singleton.runtime.shard.member import GroupKeeper, MemberLease, backoff_s
@@ -53,6 +53,7 @@ class ShardedRun:
                                   self._lease_changed, self._terms_on)
         self._loaded_at = 0.0
         self._registered = list(self.groups)  # what our member record offers
+        self._placed: tuple[frozenset[tuple[str, frozenset[str]]], dict[str, str]] | None = None
 
     # --- what other parts read ----------------------------------------------------------------------
     def leadership_for(self, job: str) -> Leadership | None:
@@ -129,6 +130,13 @@ class ShardedRun:
         finally:
             self._shut_down()
 
+    def _placement(self, members: dict[str, frozenset[str]]) -> dict[str, str]:
+        """core.placement.placement, computed once per distinct member set (it hashes groups x members)."""
+        key = frozenset(members.items())
+        if self._placed is None or self._placed[0] != key:
+            self._placed = (key, placement(members))
+        return self._placed[1]
+
     def _offered(self, now: float) -> list[str]:
         with self._lock:
             self._withdrawn = {g: until for g, until in self._withdrawn.items() if until > now}
@@ -170,7 +178,8 @@ class ShardedRun:
         successor = vacancy.handover.successor_id if vacancy is not None and vacancy.handover is not None else ""
         if successor and successor not in alive:
             successor = ""  # named, but gone since: placement decides
-        delay = campaign_delay_s(group, me, alive, successor, self.config.shard_campaign_delay_s)
+        delay = campaign_delay_s(group, me, alive, successor, self.config.shard_campaign_delay_s,
+                                 self._placement(alive))
         seen_at = vacancy.seen_at if vacancy is not None else self._loaded_at
         return seen_at + delay
 
@@ -217,7 +226,7 @@ class ShardedRun:
             settled = {g: t for g, t in self.terms.items() if now - t.won_at >= interval and not t.resign.is_set()}
             young = [t.won_at + interval for g, t in self.terms.items() if g not in settled]
         live = {m: g for m, g in placed.items() if m in members or m == self.config.replica_id}
-        moves = groups_to_move(settled, self.config.replica_id, live)
+        moves = groups_to_move(settled, self.config.replica_id, self._placement(live))
         if moves:
             group, to = moves[0]
             log.info("rebalance: handing group %s to %s, now preferred for it", group, to)

@@ -135,6 +135,8 @@ class ShardView:
                 if group not in self.leaders:
                     self.vacancies[group] = Vacancy(0, now, None, kv.lease_id)
                     self._on_group_change(group, None)
+            for group, kv in self.leaders.items():  # replaced while the history was lost: the term judges
+                self._on_group_change(group, kv)
         self.version += 1
         self._cond.notify_all()
 
