@@ -218,9 +218,12 @@ class Singleton(StatusMixin):
             self._thread.join(timeout_s if timeout_s is not None else self.config.stop_timeout_s + 10)
 
     def resign(self) -> None:
-        """Hand leadership over now (gracefully), then keep running as a standby."""
+        """Hand leadership over now (gracefully), then keep running as a standby. With sharding: every group this
+        replica leads, and it does not take them back for a while (runtime/shard/sharded.RESIGN_HOLD_S)."""
         self._resign.set()
         self._wake.set()
+        if self._sharded is not None:
+            self._sharded.view.poke()
 
     def __enter__(self) -> Singleton:
         self.start()

@@ -9,6 +9,7 @@ all. No thread per standing-by group: a replica that can lead 500 groups and lea
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from typing import TYPE_CHECKING
 
@@ -76,10 +77,24 @@ class ShardedRun:
     def changed(self) -> None:
         self.app._changed()
 
-    def withdraw(self, group: str) -> None:
+    def withdraw(self, *groups: str) -> None:
+        """Stop offering these groups for RESIGN_HOLD_S (a resign), so placement names other members for them."""
         with self._lock:
-            self._withdrawn[group] = self.app.clock.monotonic() + RESIGN_HOLD_S
-        self.member.set_groups(self._offered(self.app.clock.monotonic()))
+            for group in groups:
+                self._withdrawn[group] = self.app.clock.monotonic() + RESIGN_HOLD_S
+        self._registered = self._offered(self.app.clock.monotonic())
+        self.member.set_groups(self._registered)
+
+    def _resign_all_if_asked(self) -> None:
+        """Singleton.resign() with sharding: hand over every group this replica leads (and withdraw from them)."""
+        if not self.app._resign.is_set():
+            return
+        self.app._resign.clear()
+        with self._lock:
+            terms = list(self.terms.values())
+        self.withdraw(*(t.group for t in terms))
+        for term in terms:
+            term.request_resign()
 
     def term_ended(self, term: GroupTerm) -> None:
         with self._lock:
@@ -144,7 +159,8 @@ class ShardedRun:
 
     def _step(self, now: float) -> float:
         """Campaign for what is due, move one group if the balance asks for it; returns how long to sleep."""
-        cfg, me = self.config, self.config.replica_id
+        me = self.config.replica_id
+        self._resign_all_if_asked()
         keeper = self.member.keeper
         if keeper is None or not self.view.loaded.is_set() or keeper.step_down_reason(now) is not None:
             return _IDLE_WAIT_S  # the member lease's change wakes us
@@ -217,20 +233,24 @@ class ShardedRun:
         group_term.start()
 
     def _rebalance(self, now: float, placed: dict[str, frozenset[str]], members: dict[str, Member]) -> float:
-        """Hand one led group to the member now preferred for it, at most once per interval. A term younger than the
-        interval stays put: the member that handed it to us may not have left the view yet."""
+        """Hand led groups to the members now preferred for them: a tenth of what we lead (at least one) per interval,
+        so a member that joins fills up in seconds while a rolling restart never moves everything at once. A term
+        younger than the interval stays put: the member that handed it to us may not have left the view yet."""
         interval = self.config.rebalance_interval_s
         if not self._pacer.may_move(now):
             return self._pacer.next_at() or now
         with self._lock:
             settled = {g: t for g, t in self.terms.items() if now - t.won_at >= interval and not t.resign.is_set()}
             young = [t.won_at + interval for g, t in self.terms.items() if g not in settled]
+            led = len(self.terms)
         live = {m: g for m, g in placed.items() if m in members or m == self.config.replica_id}
         moves = groups_to_move(settled, self.config.replica_id, self._placement(live))
         if moves:
-            group, to = moves[0]
-            log.info("rebalance: handing group %s to %s, now preferred for it", group, to)
-            settled[group].request_resign()
+            batch = moves[:max(1, math.ceil(led / 10))]
+            log.info("rebalance: handing %d of %d groups to the members now preferred for them (%s)", len(batch),
+                     len(moves), ", ".join(f"{g}->{to}" for g, to in batch))
+            for group, to in batch:
+                settled[group].request_resign(to)
             self._pacer.moved(now)
             return now + interval
         return min(young, default=now + _IDLE_WAIT_S)
