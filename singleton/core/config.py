@@ -1,12 +1,13 @@
 """Configuration and its safety rules, checked before anything touches etcd."""
 from __future__ import annotations
 
+import copy
 import os
 import re
 import socket
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from singleton.core.errors import ConfigError
@@ -171,7 +172,11 @@ class Config:
     def for_group(self, group: str) -> Config:
         """The view of this Config that one group's term uses: its keys under `groups/<group>/`. Job run records
         and controls stay per job (`jobs/<job>/...`), so job commands work the same with sharding on or off."""
-        return replace(self, group=group)
+        if not _GROUP_RE.match(group):
+            raise ConfigError(f"bad group {group!r}: use letters, digits and . _ : -")
+        view = copy.copy(self)  # not replace(): that would load the TLS files and password again, per group
+        object.__setattr__(view, "group", group)
+        return view
 
     @property
     def run_key(self) -> str:

@@ -19,8 +19,18 @@ from collections.abc import Collection, Iterable, Mapping
 
 def rendezvous_score(group: str, member: str) -> int:
     """A stable 64-bit score: the same on every host and Python run (unlike hash(), which is salted)."""
-    digest = hashlib.blake2b(f"{group}\x00{member}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big")
+    key = (group, member)
+    score = _scores.get(key)
+    if score is None:
+        if len(_scores) > _MAX_SCORES:
+            _scores.clear()  # members come and go (new ids after restarts): bound the memory, recompute
+        digest = hashlib.blake2b(f"{group}\x00{member}".encode(), digest_size=8).digest()
+        score = _scores[key] = int.from_bytes(digest, "big")
+    return score
+
+
+_scores: dict[tuple[str, str], int] = {}  # scores never change: a placement at 50 members x 500 groups reuses 25 000
+_MAX_SCORES = 1_000_000
 
 
 def ranked_members(group: str, members: Iterable[str]) -> list[str]:
@@ -33,7 +43,8 @@ def placement(members: Mapping[str, Collection[str]]) -> dict[str, str]:
     groups = sorted({g for gs in members.values() for g in gs}, key=lambda g: (rendezvous_score(g, ""), g))
     if not groups:
         return {}
-    cap = math.ceil(len(groups) / len(members))
+    # Only members that offer a group count: one that is stopping offers none and must not lower everyone's share.
+    cap = math.ceil(len(groups) / sum(1 for gs in members.values() if gs))
     load = dict.fromkeys(members, 0)
     out: dict[str, str] = {}
     for group in groups:
@@ -50,13 +61,15 @@ def campaign_delay_s(group: str, me: str, members: Mapping[str, Collection[str]]
     """How long this member waits, once `group` is vacant, before campaigning for it.
 
     A handover names its successor: that member goes at once and every other waits (even the preferred one: the
-    leader that resigned may itself be the preferred). Otherwise the preferred owner goes at once, and the rest
-    wait in rank order (delay_s, then +10 % per rank), so that an orphaned group is still taken when its preferred
-    owner is gone or cut off, by one member first rather than all at once. `placed`: placement(members), if known.
+    leader that resigned may itself be the preferred). Otherwise the preferred owner goes at once. The rest wait in
+    rank order (delay_s, then +10 % per rank), so that a group whose first choice is gone, slow or cut off is still
+    taken, by one member first rather than all at once. `placed`: placement(members), if known (not needed when a
+    successor is named).
     """
     if successor:
-        return 0.0 if successor == me else delay_s
-    owner = (placed if placed is not None else placement(members)).get(group)
+        owner: str | None = successor
+    else:
+        owner = (placed if placed is not None else placement(members)).get(group)
     if owner is None or owner == me:
         return 0.0
     others = [m for m, gs in members.items() if group in gs and m != owner] + [me]

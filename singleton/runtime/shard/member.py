@@ -81,14 +81,15 @@ class MemberLease:
     granted yet, or in trouble and waiting for the terms on it to end before it is replaced)."""
 
     def __init__(self, config: Config, backend: Backend, clock: Clock, groups: Sequence[str],
-                 stop: threading.Event, on_change: Callable[[], None], terms_on: Callable[[int], int]) -> None:
+                 stop: threading.Event, on_change: Callable[[], None],
+                 terms_on: Callable[[int], tuple[int, int]]) -> None:
         self.config, self.backend, self.clock = config, backend, clock
         self._groups = list(groups)
         self._stop = stop  # the replica stops: keep renewing until release()
         self._release = threading.Event()  # every term has ended: revoke and end
         self._abandon = False  # a job ignored its cancel: end without revoking (the lease lapses by itself)
         self._on_change = on_change  # after every renewal and every change of `keeper`: the terms re-check
-        self._terms_on = terms_on  # how many terms still run on a lease (by id)
+        self._terms_on = terms_on  # (terms still running, terms left with a job that ignored its cancel) on a lease
         self.keeper: LeaseKeeper | None = None
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -99,18 +100,22 @@ class MemberLease:
         self._thread.start()
         return self
 
-    def set_groups(self, groups: Sequence[str]) -> None:
-        """Change the groups this member offers to lead (a resign withdraws one for a while; a stop all)."""
+    def set_groups(self, groups: Sequence[str]) -> bool:
+        """Change the groups this member offers to lead (a resign withdraws some for a while; a stop all). False when
+        the record could not be written (the caller tries again)."""
         with self._lock:
             self._groups = list(groups)
             keeper = self.keeper
-        if keeper is not None:
-            try:
-                self.backend.put_leased(self.config.member_key(), member_record(
-                    self.config, keeper.lease_id, self.clock.wall(), groups), keeper.lease_id,
-                    self.config.call_timeout_s)
-            except BackendError as err:
-                log.warning("could not update this member's groups: %s", err)
+        if keeper is None:
+            return False  # the next registration writes them
+        try:
+            self.backend.put_leased(self.config.member_key(), member_record(
+                self.config, keeper.lease_id, self.clock.wall(), groups), keeper.lease_id,
+                self.config.call_timeout_s)
+            return True
+        except BackendError as err:
+            log.warning("could not update this member's groups: %s", err)
+            return False
 
     def release(self, timeout_s: float) -> None:
         """After the last term ended: revoke the lease (the member record goes with it)."""
@@ -193,11 +198,26 @@ class MemberLease:
             next_at = sent_at + cfg.keepalive_interval_s
 
     def _retire(self, keeper: LeaseKeeper) -> None:
-        """The terms on a lease in trouble step down on their own (their pre-run check); once none runs, revoke it
-        (best effort: it may be gone) so a new one replaces it."""
-        while self._terms_on(keeper.lease_id) and not self._release.wait(0.05):
-            pass
-        if not self._abandon:
+        """The terms on a lease in trouble step down on their own (their pre-run check). Until the last has ended, keep
+        renewing (without trusting the lease again: the keeper stays in trouble), as a single leader renews through
+        its step-down, so that the lease cannot lapse under a cancelled run finishing its grace. Then revoke it (a
+        new one replaces it), unless a job ignored its cancel: that term's key must lapse by itself."""
+        cfg = self.config
+        next_at = self.clock.monotonic()
+        while not self._release.is_set():
+            running, _ = self._terms_on(keeper.lease_id)
+            if not running:
+                break
+            if self.clock.monotonic() >= next_at:
+                next_at = self.clock.monotonic() + cfg.keepalive_interval_s
+                try:
+                    if self.backend.keep_alive_once(keeper.lease_id, cfg.renewal_deadline_s) <= 0:
+                        break  # gone at etcd: nothing left to keep
+                except BackendError:
+                    pass
+            self._release.wait(0.05)
+        _, lapsing = self._terms_on(keeper.lease_id)
+        if not self._abandon and not lapsing:
             self._revoke(keeper.lease_id)
 
     def _revoke(self, lease_id: int) -> None:

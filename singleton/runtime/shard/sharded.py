@@ -54,7 +54,7 @@ class ShardedRun:
                                   self._lease_changed, self._terms_on)
         self._loaded_at = 0.0
         self._registered = list(self.groups)  # what our member record offers
-        self._placed: tuple[frozenset[tuple[str, frozenset[str]]], dict[str, str]] | None = None
+        self._placed: dict[frozenset[tuple[str, frozenset[str]]], dict[str, str]] = {}  # a few member sets' placements
 
     # --- what other parts read ----------------------------------------------------------------------
     def leadership_for(self, job: str) -> Leadership | None:
@@ -92,7 +92,7 @@ class ShardedRun:
         self.app._resign.clear()
         with self._lock:
             terms = list(self.terms.values())
-        self.withdraw(*(t.group for t in terms))
+        self.withdraw(*(t.group for t in terms if self.successor(t.group)))  # the only one able to: not withdrawn
         for term in terms:
             term.request_resign()
 
@@ -106,10 +106,11 @@ class ShardedRun:
         self.changed()
 
     # --- callbacks from the view and the member lease (other threads: never block) -------------------
-    def _group_changed(self, group: str, kv: KeyValue | None) -> None:
+    def _group_changed(self, group: str, kv: KeyValue | None, revision: int) -> None:
         with self._lock:
             term = self.terms.get(group)
-        if term is not None and (kv is None or kv.create_revision != term.token):
+        # An event from before our win (the view lags) says nothing about our term.
+        if term is not None and revision > term.won_revision and (kv is None or kv.create_revision != term.token):
             term.lost()
 
     def _lease_changed(self) -> None:
@@ -118,12 +119,18 @@ class ShardedRun:
         wake_all(terms)
         self.view.poke()
 
-    def _terms_on(self, lease_id: int) -> int:
+    def _terms_on(self, lease_id: int) -> tuple[int, int]:
+        """(terms running, terms ended with a job still running that ignored its cancel) on this lease."""
+        self._prune_lapsing()
+        with self._lock:
+            return (sum(1 for t in self.terms.values() if t.lease_id == lease_id),
+                    sum(1 for t in self._lapsing.values() if t.lease_id == lease_id))
+
+    def _prune_lapsing(self) -> None:
         with self._lock:
             for group, term in list(self._lapsing.items()):
                 if term.leadership is None or not term.leadership.jobs.busy():
                     del self._lapsing[group]
-            return sum(1 for t in [*self.terms.values(), *self._lapsing.values()] if t.lease_id == lease_id)
 
     # --- the coordinator ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -141,16 +148,24 @@ class ShardedRun:
                 version = self.view.wait_change(version, wait_s)
                 if self.stopping.is_set():
                     break
-                wait_s = self._step(clock.monotonic())
+                try:
+                    wait_s = self._step(clock.monotonic())
+                except Exception:  # noqa: BLE001 - the coordinator must outlive any one bad step; logged
+                    log.exception("sharding: the coordinator's step failed; trying again in a second")
+                    wait_s = 1.0
         finally:
             self._shut_down()
 
     def _placement(self, members: dict[str, frozenset[str]]) -> dict[str, str]:
         """core.placement.placement, computed once per distinct member set (it hashes groups x members)."""
         key = frozenset(members.items())
-        if self._placed is None or self._placed[0] != key:
-            self._placed = (key, placement(members))
-        return self._placed[1]
+        placed = self._placed.pop(key, None)
+        if placed is None:
+            placed = placement(members)
+        self._placed[key] = placed  # most recent last
+        while len(self._placed) > 8:
+            del self._placed[next(iter(self._placed))]
+        return placed
 
     def _offered(self, now: float) -> list[str]:
         with self._lock:
@@ -158,49 +173,72 @@ class ShardedRun:
             return [g for g in self.groups if g not in self._withdrawn]
 
     def _step(self, now: float) -> float:
-        """Campaign for what is due, move one group if the balance asks for it; returns how long to sleep."""
+        """Campaign for what is due, move groups if the balance asks for it; returns how long to sleep."""
         me = self.config.replica_id
         self._resign_all_if_asked()
+        self._prune_lapsing()
         keeper = self.member.keeper
         if keeper is None or not self.view.loaded.is_set() or keeper.step_down_reason(now) is not None:
             return _IDLE_WAIT_S  # the member lease's change wakes us
         offered = self._offered(now)
-        if set(offered) != set(self._registered):
-            self.member.set_groups(offered)
-            self._registered = list(offered)
         _, members, leaders, vacancies = self.view.snapshot()
+        ours = members.get(me)
+        if set(offered) != set(self._registered) or (ours is not None and ours.groups != frozenset(offered)):
+            if self.member.set_groups(offered):  # our record changed, or someone overwrote it: write it again
+                self._registered = list(offered)
         placed = {m: v.groups for m, v in members.items()}
         placed[me] = frozenset(offered)
-        due_at = now + _IDLE_WAIT_S
+        due_at = min([now + _IDLE_WAIT_S, *(u for u in self._withdrawn.values())])
         with self._lock:
             mine = set(self.terms) | set(self._lapsing)
+        self._release_orphans(keeper, leaders, mine)
         for group in offered:
             if group in mine or group in leaders:
                 continue
+            if self.stopping.is_set() or keeper.step_down_reason(self.app.clock.monotonic()) is not None:
+                return 0.0  # re-judged at once by the loop
             vacancy = vacancies.get(group)
             at = max(self._due(group, vacancy, placed, members), self._retry_at.get(group, 0.0))
             if now >= at:
-                self._campaign(group, keeper, vacancy, now)
+                self._campaign(group, keeper, now)
+                if group in self._retry_at:
+                    due_at = min(due_at, self._retry_at[group])
             else:
                 due_at = min(due_at, at)
         due_at = min(due_at, self._rebalance(now, placed, members))
         return max(0.0, due_at - now)
 
+    def _release_orphans(self, keeper: LeaseKeeper, leaders: dict[str, KeyValue], mine: set[str]) -> None:
+        """A group key on our lease that no term of ours holds (its release failed, say): the lease lives on for the
+        other groups, so nothing else would ever free it. Delete it, guarded by its own create revision."""
+        for group, kv in leaders.items():
+            if kv.lease_id == keeper.lease_id and group not in mine:
+                cfg = self.config.for_group(group)
+                log.warning("group %s: its key is on our lease but no term of ours holds it: releasing it", group)
+                try:
+                    self.app.backend.guarded_delete(cfg.leader_key, kv.create_revision, cfg.leader_key,
+                                                    cfg.call_timeout_s)
+                except BackendError as err:
+                    log.info("group %s: could not release it yet: %s", group, err)
+
     def _due(self, group: str, vacancy: Vacancy | None, placed: dict[str, frozenset[str]],
              members: dict[str, Member]) -> float:
         me = self.config.replica_id
-        dead = vacancy.dead_lease if vacancy is not None else 0
-        alive = {m: g for m, g in placed.items() if m == me or m not in members or members[m].lease_id != dead}
         successor = vacancy.handover.successor_id if vacancy is not None and vacancy.handover is not None else ""
+        # A vacancy that no handover explains: its leader's lease is gone, and every member on it (records may arrive
+        # after the group's delete). A handover's releaser is alive and stays counted.
+        dead = vacancy.dead_lease if vacancy is not None and vacancy.handover is None else 0
+        alive = {m: g for m, g in placed.items() if m == me or m not in members or members[m].lease_id != dead}
         if successor and successor not in alive:
             successor = ""  # named, but gone since: placement decides
         delay = campaign_delay_s(group, me, alive, successor, self.config.shard_campaign_delay_s,
-                                 self._placement(alive))
+                                 None if successor else self._placement(alive))
         seen_at = vacancy.seen_at if vacancy is not None else self._loaded_at
         return seen_at + delay
 
-    def _campaign(self, group: str, keeper: LeaseKeeper, vacancy: Vacancy | None, now: float) -> None:
+    def _campaign(self, group: str, keeper: LeaseKeeper, now: float) -> None:
         cfg, app = self.config.for_group(group), self.app
+        vacancy = self.view.snapshot()[3].get(group)  # fresh: the handover to follow is the latest delete's
         election = Election()
         election.campaign()
         record = leader_record(cfg.replica_id, keeper.lease_id, app.clock.wall(), jobs=self.groups[group])
@@ -230,30 +268,39 @@ class ShardedRun:
         group_term = GroupTerm(self, group, election, term, result.revision, now, handover)
         with self._lock:
             self.terms[group] = group_term
+        # The key may have gone between the win and now, its event finding no term to end: judge from the view.
+        _, _, leaders, vacancies = self.view.snapshot()
+        seen, gone = leaders.get(group), vacancies.get(group)
+        if (seen is not None and seen.mod_revision > result.revision and seen.create_revision != term.fencing_token) \
+                or (gone is not None and gone.revision > result.revision):
+            group_term.lost()
         group_term.start()
 
     def _rebalance(self, now: float, placed: dict[str, frozenset[str]], members: dict[str, Member]) -> float:
         """Hand led groups to the members now preferred for them: a tenth of what we lead (at least one) per interval,
-        so a member that joins fills up in seconds while a rolling restart never moves everything at once. A term
-        younger than the interval stays put: the member that handed it to us may not have left the view yet."""
+        so a member that joins fills up in seconds while a rolling restart never moves everything at once. Returns
+        when to look again. Not moved yet: a term younger than the interval (the member that handed it to us may not
+        have left the view yet), and a group with a run in flight (the handover would wait for it, or cancel it)."""
         interval = self.config.rebalance_interval_s
         if not self._pacer.may_move(now):
             return self._pacer.next_at() or now
-        with self._lock:
-            settled = {g: t for g, t in self.terms.items() if now - t.won_at >= interval and not t.resign.is_set()}
-            young = [t.won_at + interval for g, t in self.terms.items() if g not in settled]
-            led = len(self.terms)
         live = {m: g for m, g in placed.items() if m in members or m == self.config.replica_id}
-        moves = groups_to_move(settled, self.config.replica_id, self._placement(live))
-        if moves:
-            batch = moves[:max(1, math.ceil(led / 10))]
-            log.info("rebalance: handing %d of %d groups to the members now preferred for them (%s)", len(batch),
-                     len(moves), ", ".join(f"{g}->{to}" for g, to in batch))
-            for group, to in batch:
-                settled[group].request_resign(to)
-            self._pacer.moved(now)
-            return now + interval
-        return min(young, default=now + _IDLE_WAIT_S)
+        with self._lock:
+            terms = dict(self.terms)
+        moves = groups_to_move([g for g, t in terms.items() if not t.resign.is_set()], self.config.replica_id,
+                               self._placement(live))
+        if not moves:
+            return now + _IDLE_WAIT_S
+        ready = [(g, to) for g, to in moves if now - terms[g].won_at >= interval and not terms[g].busy()]
+        if not ready:
+            return now + interval  # look again when the young have settled or the busy are done
+        batch = ready[:max(1, math.ceil(len(terms) / 10))]
+        log.info("rebalance: handing %d of %d groups to the members now preferred for them (%s)", len(batch),
+                 len(moves), ", ".join(f"{g}->{to}" for g, to in batch))
+        for group, to in batch:
+            terms[group].request_resign(to)
+        self._pacer.moved(now)
+        return now + interval
 
     def _shut_down(self) -> None:
         """Withdraw from every group (so no member counts us), let each term hand over, then revoke the lease."""

@@ -37,6 +37,11 @@ class GroupTerm:
     def lease_id(self) -> int:
         return self.term.keeper.lease_id
 
+    def busy(self) -> bool:
+        """A run of this group's jobs is in flight (or the term has not set up yet: not to be moved now)."""
+        leadership = self.leadership
+        return leadership is None or leadership.jobs.busy()
+
     def start(self) -> GroupTerm:
         self.thread.start()
         return self
@@ -87,7 +92,8 @@ class GroupTerm:
     def _resign_from_etcd(self) -> None:
         """`singleton resign --group G`: withdraw from G for a while (so placement names another member and the
         balance does not hand it straight back), then hand it over."""
-        self.run.withdraw(self.group)
+        if self.run.successor(self.group):  # the only member able to lead it: hand over, but take it back at once
+            self.run.withdraw(self.group)
         self.request_resign()
 
 

@@ -47,10 +47,11 @@ def _member(kv: KeyValue) -> Member | None:
 
 class ShardView:
     def __init__(self, config: Config, backend: Backend, clock: Clock, stop: threading.Event,
-                 on_group_change: Callable[[str, KeyValue | None], None]) -> None:
+                 on_group_change: Callable[[str, KeyValue | None, int], None]) -> None:
         self.config, self.backend, self.clock = config, backend, clock
         self._stop = stop
-        self._on_group_change = on_group_change  # from a watch thread: must not block
+        # (group, its leader key or None, the revision it is as of): from a watch thread, must not block
+        self._on_group_change = on_group_change
         self._cond = threading.Condition()
         self.version = 0
         self.members: dict[str, Member] = {}
@@ -95,7 +96,7 @@ class ShardView:
                 self._stop.wait(0.5)
                 continue
             with self._cond:
-                self._reset(prefix, kvs)
+                self._reset(prefix, kvs, revision)
             if first:
                 first = False
                 self._mark_loaded(prefix)
@@ -117,7 +118,7 @@ class ShardView:
             self.version += 1
             self._cond.notify_all()
 
-    def _reset(self, prefix: str, kvs: list[KeyValue]) -> None:
+    def _reset(self, prefix: str, kvs: list[KeyValue], revision: int) -> None:
         """A fresh read replaces what the lost history would have said (called under the lock)."""
         now = self.clock.monotonic()
         if prefix == self.config.members_prefix:
@@ -134,9 +135,9 @@ class ShardView:
             for group, kv in before.items():
                 if group not in self.leaders:
                     self.vacancies[group] = Vacancy(0, now, None, kv.lease_id)
-                    self._on_group_change(group, None)
+                    self._on_group_change(group, None, revision)
             for group, kv in self.leaders.items():  # replaced while the history was lost: the term judges
-                self._on_group_change(group, kv)
+                self._on_group_change(group, kv, revision)
         self.version += 1
         self._cond.notify_all()
 
@@ -172,4 +173,4 @@ class ShardView:
                 self.vacancies.pop(group, None)
             self.version += 1
             self._cond.notify_all()
-        self._on_group_change(group, None if deleted else kv)
+        self._on_group_change(group, None if deleted else kv, revision)
