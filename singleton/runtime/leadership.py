@@ -179,8 +179,9 @@ class Leadership(Ticker):
                                      name="singleton-keepalive")
         if not self.shared_lease:
             keepalive.start()
-        threading.Thread(target=self._resign_watch, args=(won_revision + 1, request_resign), daemon=True,
-                         name="singleton-resign-watch").start()
+        if not self.shared_lease:  # sharding: the replica's one watch of groups/ brings the resign requests
+            threading.Thread(target=self._resign_watch, args=(won_revision + 1, request_resign), daemon=True,
+                             name="singleton-resign-watch").start()
         threading.Thread(target=self.controls.follow, args=(won_revision + 1,), daemon=True,
                          name="singleton-control-watch").start()
         left_running = False

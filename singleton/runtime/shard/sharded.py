@@ -49,7 +49,8 @@ class ShardedRun:
         self._pacer = RebalancePacer(self.config.rebalance_interval_s)
         self._wait = tenacity.wait_exponential_jitter(initial=0.1, max=self.config.campaign_backoff_max_s,
                                                       jitter=0.2)
-        self.view = ShardView(self.config, app.backend, app.clock, self.stopping, self._group_changed)
+        self.view = ShardView(self.config, app.backend, app.clock, self.stopping, self._group_changed,
+                              self._resign_asked)
         self.member = MemberLease(self.config, app.backend, app.clock, list(self.groups), self.stopping,
                                   self._lease_changed, self._terms_on)
         self._loaded_at = 0.0
@@ -112,6 +113,14 @@ class ShardedRun:
         # An event from before our win (the view lags) says nothing about our term.
         if term is not None and revision > term.won_revision and (kv is None or kv.create_revision != term.token):
             term.lost()
+
+    def _resign_asked(self, group: str, value: bytes, revision: int) -> None:
+        """`singleton resign --group G` writes G's leader's token to G's resign key (one watch for every group)."""
+        with self._lock:
+            term = self.terms.get(group)
+        if term is not None and revision > term.won_revision and value == str(term.token).encode():
+            log.info("group %s: resign requested through etcd", group)
+            threading.Thread(target=term.resign_from_etcd, daemon=True, name="singleton-resign").start()
 
     def _lease_changed(self) -> None:
         with self._lock:

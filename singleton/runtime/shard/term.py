@@ -76,7 +76,7 @@ class GroupTerm:
         run.changed()
         app._listeners.post(app._on_elected, self.token)
         try:
-            self.outcome = leadership.run(0.0, None, self.won_revision, self._resign_from_etcd, self.handover)
+            self.outcome = leadership.run(0.0, None, self.won_revision, self.resign_from_etcd, self.handover)
         except Exception:  # noqa: BLE001 - Leadership.run ends its term itself; this only keeps the replica alive
             log.exception("group %s: the term failed", self.group)
         finally:
@@ -89,7 +89,7 @@ class GroupTerm:
         app = self.run.app
         app._listeners.post(app._on_stepped_down, reason)
 
-    def _resign_from_etcd(self) -> None:
+    def resign_from_etcd(self) -> None:
         """`singleton resign --group G`: withdraw from G for a while (so placement names another member and the
         balance does not hand it straight back), then hand it over."""
         if self.run.successor(self.group):  # the only member able to lead it: hand over, but take it back at once

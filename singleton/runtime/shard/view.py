@@ -47,11 +47,13 @@ def _member(kv: KeyValue) -> Member | None:
 
 class ShardView:
     def __init__(self, config: Config, backend: Backend, clock: Clock, stop: threading.Event,
-                 on_group_change: Callable[[str, KeyValue | None, int], None]) -> None:
+                 on_group_change: Callable[[str, KeyValue | None, int], None],
+                 on_resign: Callable[[str, bytes, int], None] = lambda group, value, revision: None) -> None:
         self.config, self.backend, self.clock = config, backend, clock
         self._stop = stop
         # (group, its leader key or None, the revision it is as of): from a watch thread, must not block
         self._on_group_change = on_group_change
+        self._on_resign = on_resign  # (group, value, revision): `singleton resign --group` wrote a token
         self._cond = threading.Condition()
         self.version = 0
         self.members: dict[str, Member] = {}
@@ -157,6 +159,9 @@ class ShardView:
         if leaf == "handover" and not deleted:
             with self._cond:
                 self._handovers[group] = kv
+            return
+        if leaf == "resign" and not deleted:
+            self._on_resign(group, kv.value, revision)
             return
         if leaf != "leader":
             return
