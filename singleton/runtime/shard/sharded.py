@@ -69,9 +69,16 @@ class ShardedRun:
             return {g: t.token for g, t in self.terms.items()}
 
     def successor(self, group: str) -> str:
-        """Whom a handover of `group` names: the preferred owner among the other live members."""
+        """Whom a handover of `group` names: its preferred owner once we offer what we offer now (a resign or a stop
+        withdrew it first, so everyone computes that same owner), else among the other live members."""
+        me = self.config.replica_id
         _, members, _, _ = self.view.snapshot()
-        return successor_for(group, self.config.replica_id, {m: v.groups for m, v in members.items()}) or ""
+        placed = {m: v.groups for m, v in members.items()}
+        placed[me] = frozenset() if self.stopping.is_set() else frozenset(self._offered(self.app.clock.monotonic()))
+        owner = self._placement(placed).get(group)
+        if owner is not None and owner != me:
+            return owner
+        return successor_for(group, me, placed) or ""
 
     def changed(self) -> None:
         self.app._changed()
@@ -133,9 +140,10 @@ class ShardedRun:
     def _placement(self, members: dict[str, frozenset[str]]) -> dict[str, str]:
         """core.placement.placement, computed once per distinct member set (it hashes groups x members)."""
         key = frozenset(members.items())
-        if self._placed is None or self._placed[0] != key:
-            self._placed = (key, placement(members))
-        return self._placed[1]
+        cached = self._placed  # read once: the term threads (successor) call this beside the coordinator
+        if cached is None or cached[0] != key:
+            cached = self._placed = (key, placement(members))
+        return cached[1]
 
     def _offered(self, now: float) -> list[str]:
         with self._lock:
@@ -230,7 +238,7 @@ class ShardedRun:
         if moves:
             group, to = moves[0]
             log.info("rebalance: handing group %s to %s, now preferred for it", group, to)
-            settled[group].request_resign()
+            settled[group].request_resign(to)  # the handover names `to`: the member that placement chose
             self._pacer.moved(now)
             return now + interval
         return min(young, default=now + _IDLE_WAIT_S)

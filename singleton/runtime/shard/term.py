@@ -24,6 +24,7 @@ class GroupTerm:
         self.won_revision, self.won_at, self.handover = won_revision, won_at, handover
         self.wake = threading.Event()
         self.resign = threading.Event()
+        self.handing_to: str | None = None  # a rebalancing move names the member it chose as the successor
         self.leadership: Leadership | None = None
         self.outcome: TermOutcome | None = None
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"singleton-group-{group}")
@@ -45,7 +46,8 @@ class GroupTerm:
         self.term.keeper.mark_lost(StepDownReason.LEADERSHIP_LOST)
         self.wake.set()
 
-    def request_resign(self) -> None:
+    def request_resign(self, to: str | None = None) -> None:
+        self.handing_to = to
         self.resign.set()
         self.wake.set()
 
@@ -64,7 +66,7 @@ class GroupTerm:
         tracks = app._registry.tracks(app.backend, app.clock, self.token, None, group=self.group)
         leadership = Leadership(cfg, app.backend, app.clock, self.election, self.term, None, app.stats, self.wake,
                                 self._stop_reason, self._stepping_down, tracks=tracks, shared_lease=True,
-                                successor=lambda: run.successor(self.group))
+                                successor=lambda: self.handing_to or run.successor(self.group))
         self.leadership = leadership
         run.changed()
         app._listeners.post(app._on_elected, self.token)
