@@ -21,7 +21,7 @@ from singleton.testing.recorder import wait_for
 from singleton.v1.leader_pb2 import MemberRecord
 
 T = 2.0
-EVERY_S = 0.5
+EVERY_S = 1.0  # a slot may start up to 1 s late: a busy machine's late wake-ups do not skip it
 SETTLE_S = 20.0  # generous bounds for a busy 2-core CI machine; each wait returns as soon as its event happens
 
 
@@ -158,7 +158,7 @@ def test_a_revoked_member_lease_ends_every_term_on_it_and_its_groups_are_retaken
             [{k: v for gs in led_by(apps).values() for k, v in gs.items()}]), SETTLE_S, "b's groups re-taken")
         assert member_leases(backend, cfg)["b"] != lease  # b registered again on a new lease
         for group, token in victim_groups.items():
-            late = [t for t in ledger.of(group) if t.token == token and t.start_mono > revoked_at + 0.5]
+            late = [t for t in ledger.of(group) if t.token == token and t.start_mono > revoked_at + 1.0]
             assert not late, f"{group} ran on the revoked lease after it was revoked: {late}"
         print(f"terms on a revoked member lease ended within {ended_after:.2f} s")
     finally:
@@ -212,9 +212,9 @@ def test_resigning_a_group_hands_it_to_another_member_that_keeps_it(etcd: EtcdCl
         wait_for(lambda: "a" in member_leases(backend, apps["a"].config) and group not in MemberRecord.FromString(
             backend.get(apps["a"].config.member_key(), T)[0].value).groups, 5, "a to withdraw the group")
         first_there = len(ledger.of(group, owner))
-        wait_for(lambda: len(ledger.of(group, owner)) >= first_there + 8, 10, f"{owner} to run {group} 4 s")
+        wait_for(lambda: len(ledger.of(group, owner)) >= first_there + 4, 10, f"{owner} to run {group} 4 s")
         assert led(apps[owner]).get(group) == new_token, "the resigned group moved again"
-        assert RESIGN_HOLD_S > 4
+        assert RESIGN_HOLD_S > 5
         ticks_a, ticks_new = ledger.of(group, "a"), ledger.of(group, owner)
         assert ticks_new[0].slot == ticks_a[-1].slot + 1, "the resign's handover missed a slot"
         assert all(t.start_mono < ticks_new[0].start_mono for t in ticks_a), "a ran the group again"
