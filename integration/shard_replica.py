@@ -1,8 +1,9 @@
 """A sharded replica for integration/test_shard_processes.py: `python integration/shard_replica.py ENDPOINTS NAME ID
 LEDGER`. 50 every-second jobs, each its own group; every run appends one JSON line (job, slot, replica, pid, token,
 start and end on the machine's monotonic clock, start on the wall clock) to LEDGER with one O_APPEND write, so the
-lines of five processes never interleave. SIGTERM stops it gracefully (every group handed over). 32 workers: the jobs of every group a member may
-lead start at the same instant, and a slot due while every worker is busy is skipped."""
+lines of five processes never interleave. SIGTERM stops it gracefully (every group handed over).
+A worker per job: the first member up leads every group until the others join, their jobs all start at the same
+instant, and a slot due while every worker is busy is skipped."""
 from __future__ import annotations
 
 import json
@@ -37,8 +38,8 @@ def make_job(name: str, ledger: str) -> Any:
 
 def main(endpoints: str, name: str, replica: str, ledger: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    app = Singleton(Config(endpoints=endpoints, name=name, replica_id=replica, shard=True, stop_timeout_s=2.0, workers=32,
-                           **TIMINGS))
+    app = Singleton(Config(endpoints=endpoints, name=name, replica_id=replica, shard=True, stop_timeout_s=2.0,
+                           workers=len(JOBS), **TIMINGS))
     for job in JOBS:
         app.job(name=job, every=1)(make_job(job, ledger))
     app.run()

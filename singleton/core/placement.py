@@ -2,9 +2,9 @@
 
 Rendezvous (highest random weight) hashing with bounded loads: every (group, member) pair gets a score from a hash
 every host computes alike; groups, taken in a fixed hashed order, each go to their highest-scoring member that still
-has room (floor(groups / members) each, and one more for as many members as the remainder). Plain rendezvous leaves members 2x apart at 50 groups on 5 members;
-the bound makes the spread even (0 to 1 apart), and a member joining still moves about 1.4/N of the groups (plain:
-1/N). Everyone computes the same placement from the same member records (a watch of `<prefix>/<name>/members/`,
+has room (floor(groups / members) each, one more for as many members as the remainder). Plain rendezvous leaves
+members 2x apart at 50 groups on 5 members; the bound makes the spread even (0 to 1 apart), and a member joining
+still moves about 1.3/N of the groups (plain: 1/N). Everyone computes the same placement from the same member records (a watch of `<prefix>/<name>/members/`,
 each record listing the groups its replica can lead); nothing else is coordinated.
 
 `RebalancePacer` decides when a leader may hand a group to a member now preferred for it: at most one group per
