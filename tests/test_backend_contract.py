@@ -413,3 +413,41 @@ def test_a_lease_revoked_by_another_client_fences_its_holder(backend: Backend, n
     assert backend.keep_alive_once(lease.lease_id, T) == 0
     if other is not backend:
         other.close()
+
+
+def test_read_prefix_returns_the_keys_and_the_revision_a_watch_goes_on_from(backend: Backend, name: str) -> None:
+    """Sharding's view: read a prefix, then watch from revision + 1, missing nothing in between."""
+    prefix = f"/c/{name}/members/"
+    assert backend.read_prefix(prefix, T)[0] == []
+    for k in ("b", "a"):
+        assert backend.compare_and_put([], {prefix + k: k.encode()}, T) is not None
+    last = backend.compare_and_put([], {f"/c/{name}/membersX": b"outside"}, T)
+    kvs, revision = backend.read_prefix(prefix, T)
+    assert [(kv.key, kv.value) for kv in kvs] == [(prefix + "a", b"a"), (prefix + "b", b"b")]
+    assert revision == last  # the store's revision, not the newest key's under the prefix
+    assert kvs == backend.get_prefix(prefix, T)
+    after = backend.compare_and_put([], {prefix + "c": b"c"}, T)
+    events = collect_prefix(backend, prefix, revision + 1, 1)
+    assert [(e.kv.key, e.revision) for e in events] == [(prefix + "c", after)]
+
+
+def test_put_leased_overwrites_under_the_lease_and_goes_with_it(backend: Backend, name: str) -> None:
+    key = f"/c/{name}/members/r1"
+    lease = backend.grant_lease(10, T)
+    first = backend.put_leased(key, b"one", lease.lease_id, T)
+    kv, _ = backend.get(key, T)
+    assert kv is not None and kv.value == b"one" and kv.lease_id == lease.lease_id and kv.mod_revision == first
+    second = backend.put_leased(key, b"two", lease.lease_id, T)  # whatever it held before
+    kv, _ = backend.get(key, T)
+    assert second > first and kv is not None and kv.value == b"two" and kv.create_revision == first
+    other = backend.grant_lease(10, T)
+    backend.put_leased(key, b"three", other.lease_id, T)  # moves to another lease: the first no longer holds it
+    backend.revoke_lease(lease.lease_id, T)
+    kv, _ = backend.get(key, T)
+    assert kv is not None and kv.value == b"three" and kv.lease_id == other.lease_id
+    backend.revoke_lease(other.lease_id, T)
+    assert backend.get(key, T)[0] is None
+    for lease_id in (other.lease_id, 0x7EADBEEF5EED):  # revoked; never granted
+        with pytest.raises(LeaseNotFound):
+            backend.put_leased(key, b"x", lease_id, T)
+    assert backend.get(key, T)[0] is None

@@ -2,9 +2,9 @@
 
 Rendezvous (highest random weight) hashing with bounded loads: every (group, member) pair gets a score from a hash
 every host computes alike; groups, taken in a fixed hashed order, each go to their highest-scoring member that still
-has room (at most ceil(groups / members) each). Plain rendezvous leaves members 2x apart at 50 groups on 5 members;
-the bound makes the spread even (0 to 1 apart), and a member joining still moves about 1.4/N of the groups (plain:
-1/N). Everyone computes the same placement from the same member records (a watch of `<prefix>/<name>/members/`,
+has room (floor(groups / members) each, one more for as many members as the remainder). Plain rendezvous leaves
+members 2x apart at 50 groups on 5 members; the bound makes the spread even (0 to 1 apart), and a member joining
+still moves about 1.3/N of the groups (plain: 1/N). Everyone computes the same placement from the same member records (a watch of `<prefix>/<name>/members/`,
 each record listing the groups its replica can lead); nothing else is coordinated.
 
 `RebalancePacer` decides when a leader may hand a group to a member now preferred for it: at most one group per
@@ -13,7 +13,6 @@ interval, so a member that joins (or a rolling restart) moves groups a few at a 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Collection, Iterable, Mapping
 
 
@@ -43,16 +42,21 @@ def placement(members: Mapping[str, Collection[str]]) -> dict[str, str]:
     groups = sorted({g for gs in members.values() for g in gs}, key=lambda g: (rendezvous_score(g, ""), g))
     if not groups:
         return {}
-    # Only members that offer a group count: one that is stopping offers none and must not lower everyone's share.
-    cap = math.ceil(len(groups) / sum(1 for gs in members.values() if gs))
+    # Each member holds floor(groups / members), and `extra` of them (the first to get there) one more: a cap of
+    # ceil() for everyone would let the greedy pass fill some members to the top and starve a late one (50 groups
+    # on 6 members: 9,9,9,9,8,6). Members offering nothing (stopping) are not counted: they take no share.
+    floor, extra = divmod(len(groups), sum(1 for gs in members.values() if gs) or 1)
     load = dict.fromkeys(members, 0)
     out: dict[str, str] = {}
     for group in groups:
         ranked = ranked_members(group, [m for m, gs in members.items() if group in gs])
+        cap = floor + (1 if extra > 0 else 0)
         # The best member with room; when every one that can lead it is full (uneven registrations), the best.
         owner = next((m for m in ranked if load[m] < cap), ranked[0])
         out[group] = owner
         load[owner] += 1
+        if load[owner] == floor + 1 and extra > 0:
+            extra -= 1
     return out
 
 

@@ -55,6 +55,7 @@ class ShardedRun:
                                   self._lease_changed, self._terms_on)
         self._loaded_at = 0.0
         self._registered = list(self.groups)  # what our member record offers
+        self._placed_lock = threading.Lock()
         self._placed: dict[frozenset[tuple[str, frozenset[str]]], dict[str, str]] = {}  # a few member sets' placements
 
     # --- what other parts read ----------------------------------------------------------------------
@@ -71,9 +72,16 @@ class ShardedRun:
             return {g: t.token for g, t in self.terms.items()}
 
     def successor(self, group: str) -> str:
-        """Whom a handover of `group` names: the preferred owner among the other live members."""
+        """Whom a handover of `group` names: its preferred owner once we offer what we offer now (a resign or a stop
+        withdrew it first, so everyone computes that same owner), else among the other live members."""
+        me = self.config.replica_id
         _, members, _, _ = self.view.snapshot()
-        return successor_for(group, self.config.replica_id, {m: v.groups for m, v in members.items()}) or ""
+        placed = {m: v.groups for m, v in members.items()}
+        placed[me] = frozenset() if self.stopping.is_set() else frozenset(self._offered(self.app.clock.monotonic()))
+        owner = self._placement(placed).get(group)
+        if owner is not None and owner != me:
+            return owner
+        return successor_for(group, me, placed) or ""
 
     def changed(self) -> None:
         self.app._changed()
@@ -168,12 +176,14 @@ class ShardedRun:
     def _placement(self, members: dict[str, frozenset[str]]) -> dict[str, str]:
         """core.placement.placement, computed once per distinct member set (it hashes groups x members)."""
         key = frozenset(members.items())
-        placed = self._placed.pop(key, None)
+        with self._placed_lock:  # the term threads (successor) call this beside the coordinator
+            placed = self._placed.pop(key, None)
         if placed is None:
             placed = placement(members)
-        self._placed[key] = placed  # most recent last
-        while len(self._placed) > 8:
-            del self._placed[next(iter(self._placed))]
+        with self._placed_lock:
+            self._placed[key] = placed  # most recent last
+            while len(self._placed) > 8:
+                del self._placed[next(iter(self._placed))]
         return placed
 
     def _offered(self, now: float) -> list[str]:
