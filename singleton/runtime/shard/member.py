@@ -133,7 +133,7 @@ class MemberLease:
     # --- the thread ---------------------------------------------------------------------------------
     def _run(self) -> None:
         cfg = self.config
-        wait = tenacity.wait_exponential_jitter(initial=0.1, max=cfg.campaign_backoff_max_s, jitter=0.2)
+        wait = tenacity.wait_exponential_jitter(multiplier=0.1, max=cfg.campaign_backoff_max_s, jitter=0.2)
         attempt = 0
         while not self._release.is_set():
             if self._stop.is_set():  # stopping before we ever held a lease: nothing to hand over

@@ -47,7 +47,7 @@ class ShardedRun:
         self._attempts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._pacer = RebalancePacer(self.config.rebalance_interval_s)
-        self._wait = tenacity.wait_exponential_jitter(initial=0.1, max=self.config.campaign_backoff_max_s,
+        self._wait = tenacity.wait_exponential_jitter(multiplier=0.1, max=self.config.campaign_backoff_max_s,
                                                       jitter=0.2)
         self.view = ShardView(self.config, app.backend, app.clock, self.stopping, self._group_changed,
                               self._resign_asked)
