@@ -1,0 +1,182 @@
+"""The operator side of sharding on real etcd, with three in-process sharded replicas: `status` shows the members and
+each group's leader, `resign --group` moves one group, the job control verbs reach a job's group leader, and the
+per-group gauges say who leads what (ops/groups.py, ops/control.py, runtime/shard/metrics.py)."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from singleton import Config, Singleton, TickContext
+from singleton.core.placement import placement
+from singleton.core.timings import FAST
+from singleton.dev.embedded import EtcdCluster
+from singleton.ops.cli import main
+from singleton.runtime.shard.metrics import led_and_offered
+from singleton.testing.recorder import wait_for
+
+Runs = list[tuple[str, str, int]]  # (replica, job, slot); a manual run's slot is negative
+GROUPS = {"a", "b", "c", "g"}  # jobs a, b, c each their own group; d and e together in g
+
+
+def replica(etcd: EtcdCluster, name: str, rid: str, runs: Runs) -> Singleton:
+    app = Singleton(Config(endpoints=etcd.endpoints, name=name, replica_id=rid, shard=True,
+                           shard_campaign_delay_s=0.2, rebalance_interval_s=0.3, **FAST.config_kwargs()))
+    for job, group in (("a", None), ("b", None), ("c", None), ("d", "g"), ("e", "g")):
+        def run(ctx: TickContext, job: str = job) -> None:
+            runs.append((rid, job, ctx.slot))
+        app.job(run, name=job, every=0.25, group=group)
+    return app
+
+
+def leaders(apps: list[Singleton]) -> dict[str, str]:
+    """Group -> the replica that leads it, as the replicas themselves say."""
+    return {g: app.replica_id for app in apps for g in led_and_offered(app)[0]}
+
+
+@contextmanager
+def sharded(etcd: EtcdCluster, name: str, runs: Runs, n: int = 3) -> Iterator[list[Singleton]]:
+    apps = [replica(etcd, name, f"r{i}", runs) for i in range(n)]
+    for app in apps:
+        app.start()
+    try:
+        # Every group led by its preferred member: the rebalancing after the joins is over, nothing moves by itself.
+        settled = placement({a.replica_id: GROUPS for a in apps})
+        wait_for(lambda: leaders(apps) == settled, 20, "every group led by its preferred member")
+        yield apps
+    finally:
+        for app in apps:
+            app.stop()
+
+
+def cli(etcd: EtcdCluster, name: str, *args: str) -> list[str]:
+    return ["--endpoints", ",".join(map(str, etcd.endpoints)), "--name", name, *args]
+
+
+def out(capsys: pytest.CaptureFixture[str], argv: list[str], code: int = 0) -> str:
+    capsys.readouterr()
+    assert main(argv) == code
+    return capsys.readouterr().out
+
+
+def error(capsys: pytest.CaptureFixture[str], argv: list[str], code: int) -> str:
+    capsys.readouterr()
+    assert main(argv) == code
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
+    return captured.err.strip()
+
+
+def test_status_shows_members_and_each_groups_leader_and_resign_group_moves_one(
+        etcd: EtcdCluster, name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    runs: Runs = []
+    with sharded(etcd, name, runs) as apps:
+        led = leaders(apps)
+        status = json.loads(out(capsys, ["status", *cli(etcd, name, "--json")]))
+        assert status["leader"] is None  # the name's own key: sharding leaves it vacant
+        shard = status["shard"]
+        assert [m["replica_id"] for m in shard["members"]] == ["r0", "r1", "r2"]
+        assert all(m["groups"] == sorted(GROUPS) and 0 < m["lease_remaining_s"] <= FAST.lease_ttl_s
+                   for m in shard["members"])
+        by_group = {g["group"]: g for g in shard["groups"]}
+        assert set(by_group) == GROUPS and shard["vacant"] == [] and shard["led"] == 4
+        for group, info in by_group.items():
+            assert info["leader"]["replica_id"] == led[group]
+            assert info["leader"]["fencing_token"] == led_and_offered(
+                next(a for a in apps if a.replica_id == led[group]))[0][group]
+            member = next(m for m in shard["members"] if m["replica_id"] == led[group])
+            assert info["leader"]["lease_id"] == member["lease_id"]  # one lease per replica backs its groups
+        assert by_group["g"]["jobs"] == ["d", "e"] and by_group["a"]["jobs"] == ["a"]
+
+        text = out(capsys, ["status", *cli(etcd, name)])
+        assert f"{name}: sharded: 3 member(s), 4 group(s), 4 led, 0 vacant" in text
+        assert f"{name} member r0 (host " in text and "offers 4 group(s): a, b, c, g" in text
+        assert f"{name} group g: leader {led['g']} (host " in text and "; jobs d, e" in text
+        assert "no replica has registered" not in text
+
+        before = by_group["g"]["leader"]
+        said = json.loads(out(capsys, ["resign", *cli(etcd, name, "--group", "g", "--json")]))
+        assert said["group"] == "g" and said["resigned"]["leader"] == led["g"]
+        assert said["new_leader"]["leader"] != led["g"]
+        assert said["new_leader"]["fencing_token"] > before["fencing_token"]
+        wait_for(lambda: leaders(apps).get("g") == said["new_leader"]["leader"], 10, "the new leader of g runs it")
+
+        assert "did you mean g?" not in error(capsys, ["resign", *cli(etcd, name, "--group", "zz")], 2)
+        assert error(capsys, ["resign", *cli(etcd, name, "--group", "aa")], 2) == (
+            f"singleton: error: unknown group 'aa' of {name} (did you mean a?)")
+        err = error(capsys, ["resign", *cli(etcd, name)], 2)
+        assert f"{name} is sharded: each group has its own leader; resign one with --group G (groups: a, b, c, g)" in err
+    # Stopped: each group left its handover record, and no member offers it any more.
+    text = out(capsys, ["status", *cli(etcd, name)])
+    assert f"{name}: sharded: 0 member(s), 4 group(s), 0 led, 0 vacant" in text
+    assert f"{name} group g: no leader (no member offers it)" in text
+    assert error(capsys, ["resign", *cli(etcd, name, "--group", "g")], 1) == (
+        f"singleton: {name} group g: no leader right now (vacant)")
+
+
+def test_resign_group_on_a_name_that_is_not_sharded(etcd: EtcdCluster, name: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert error(capsys, ["resign", *cli(etcd, name, "--group", "g")], 2) == (
+        f"singleton: error: {name} is not sharded: nothing under /singleton/{name}/members/ or "
+        f"/singleton/{name}/groups/ (resign without --group resigns its one leader)")
+
+
+def test_pause_resume_and_trigger_reach_the_jobs_group_leader(etcd: EtcdCluster, name: str,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    runs: Runs = []
+
+    def count(job: str) -> int:
+        return sum(1 for _r, j, slot in runs if j == job and slot >= 0)
+
+    with sharded(etcd, name, runs) as apps:
+        led = leaders(apps)
+        wait_for(lambda: count("d") >= 2 and count("a") >= 2, 10, "d and a run")
+        said = json.loads(out(capsys, ["pause", *cli(etcd, name, "--job", "d", "--by", "ops@test", "--json")]))
+        assert said["group"] == "g" and said["leader"] == led["g"]
+        leader = next(a for a in apps if a.replica_id == led["g"])
+        paused_at = leader.stats.job_missed["d", "paused"]
+        wait_for(lambda: leader.stats.job_missed["d", "paused"] >= paused_at + 3, 10, "three paused slots of d")
+        held, others = count("d"), count("e")
+        wait_for(lambda: count("e") >= others + 3, 10, "e, in the same group, goes on")
+        assert count("d") <= held + 1  # at most the slot claimed before the pause's revision
+        text = out(capsys, ["resume", *cli(etcd, name, "--job", "d", "--by", "ops@test")])
+        assert text.startswith(f"{name} job d (group g, leader {led['g']}): resumed")
+        wait_for(lambda: count("d") >= held + 3, 10, "d runs again")
+
+        text = out(capsys, ["trigger", *cli(etcd, name, "--job", "a", "--by", "ops@test")])
+        assert f"{name} job a (group a, leader {led['a']}): trigger " in text and "claimed as run" in text
+        wait_for(lambda: any(j == "a" and slot < 0 for _r, j, slot in runs), 10, "the manual run of a")
+        assert [r for r, j, slot in runs if j == "a" and slot < 0] == [led["a"]]
+
+        err = error(capsys, ["pause", *cli(etcd, name, "--job", "dd")], 2)
+        assert err == f"singleton: error: unknown job 'dd' of {name}: the group leaders run a, b, c, d, e (did you mean d?)"
+
+
+def test_group_gauges_say_who_leads_what(etcd: EtcdCluster, name: str) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from singleton.runtime.shard import metrics as shard_metrics
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    meter = provider.get_meter("test")
+    # The module's instruments live on the global meter; the same callbacks on our own provider read the same sources.
+    meter.create_observable_gauge("groups_led", [shard_metrics._groups_led])
+    meter.create_observable_gauge("group_leader", [shard_metrics._group_leader])
+    runs: Runs = []
+    with sharded(etcd, name, runs) as apps:
+        led = leaders(apps)
+        data = reader.get_metrics_data()
+        points = {m.name: [(dict(p.attributes), p.value) for p in m.data.data_points]
+                  for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+        ours = {r.replica_id for r in apps}
+        led_by = {a["replica_id"]: v for a, v in points["groups_led"] if a["replica_id"] in ours}
+        assert led_by == {r: sum(1 for g in led.values() if g == r) for r in ours}
+        leader = {(a["replica_id"], a["group"]): v for a, v in points["group_leader"] if a["replica_id"] in ours}
+        assert leader == {(r, g): int(led[g] == r) for r in ours for g in GROUPS}
+        # Each group: exactly one replica says 1 (what the SingletonGroupNoLeader alert sums).
+        assert all(sum(leader[r, g] for r in ours) == 1 for g in GROUPS)
+    provider.shutdown()
