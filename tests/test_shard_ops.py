@@ -4,6 +4,7 @@ per-group gauges say who leads what (ops/groups.py, ops/control.py, runtime/shar
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -180,3 +181,38 @@ def test_group_gauges_say_who_leads_what(etcd: EtcdCluster, name: str) -> None:
         # Each group: exactly one replica says 1 (what the SingletonGroupNoLeader alert sums).
         assert all(sum(leader[r, g] for r in ours) == 1 for g in GROUPS)
     provider.shutdown()
+
+
+def test_status_watch_follows_every_groups_leader(etcd: EtcdCluster, name: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from singleton.backends.etcd import EtcdBackend
+
+    runs: Runs = []
+    with sharded(etcd, name, runs) as apps:
+        led = leaders(apps)
+        capsys.readouterr()
+        codes: list[int] = []
+        watcher = threading.Thread(target=lambda: codes.append(main(["status", *cli(
+            etcd, name, "--watch", "--json", "--max-events", "2")])), daemon=True)
+        watcher.start()
+        lines: list[dict] = []
+
+        def read() -> list[dict]:
+            lines.extend(json.loads(line) for line in capsys.readouterr().out.splitlines())
+            return lines
+
+        wait_for(lambda: len(read()) >= 4, 10, "each group's leader now")
+        assert {(e["group"], e["leader"]) for e in lines} == set(led.items())
+        token = next(e["fencing_token"] for e in lines if e["group"] == "g")
+        backend = EtcdBackend(etcd.endpoints)  # what `singleton resign --group g` writes
+        try:
+            assert backend.guarded_put(f"/singleton/{name}/groups/g/leader", token, f"/singleton/{name}/groups/g/resign",
+                                       str(token).encode(), 3.0)
+        finally:
+            backend.close()
+        watcher.join(15)
+        assert codes == [0]
+        changes = read()[4:]
+        assert [e["group"] for e in changes] == ["g", "g"]
+        assert changes[0]["leader"] is None and changes[1]["leader"] not in (None, led["g"])
+        assert changes[1]["fencing_token"] > token and changes[1]["since_last_change_s"] is not None

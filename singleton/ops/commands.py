@@ -14,7 +14,7 @@ from singleton.core.config import Config
 from singleton.core.errors import AuthError, ConfigError, SingletonError
 from singleton.backends.etcd import EtcdBackend
 from singleton.core.records import decode_leader
-from singleton.ops.groups import group_leader, read_shards, shard_status
+from singleton.ops.groups import group_leader, read_shards, shard_status, watch_groups
 
 
 def describe_leader(kv: KeyValue) -> dict[str, Any]:
@@ -138,7 +138,8 @@ def _change(kv: KeyValue | None) -> dict[str, Any]:
 
 
 def watch_leader(config: Config, *, as_json: bool, max_events: int = 0, timeout_s: float = 3.0) -> int:
-    """Print the leader now, then a line on every change, with the time since the previous change."""
+    """Print the leader now, then a line on every change, with the time since the previous change. A sharded name:
+    each group's leader, then a line on every group's change (ops/groups.watch_groups)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         if threading.current_thread() is threading.main_thread():
@@ -146,6 +147,8 @@ def watch_leader(config: Config, *, as_json: bool, max_events: int = 0, timeout_
     backend = EtcdBackend.from_config(config)
     try:
         kv, revision = backend.get(config.leader_key, timeout_s)
+        if kv is None and read_shards(backend, config, timeout_s).sharded:
+            return watch_groups(backend, config, stop, as_json=as_json, max_events=max_events, timeout_s=timeout_s)
         last_change = time.monotonic()
 
         def show(state: dict[str, Any], since: float | None) -> None:

@@ -4,6 +4,8 @@ find a group's leader here. Sharding is detected from those keys: status and the
 from __future__ import annotations
 
 import difflib
+import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,3 +159,53 @@ def group_leader(backend: Backend, config: Config, group: str, timeout_s: float)
         raise ConfigError(f"unknown group {group!r} of {config.name}" + (f" (did you mean {close[0]}?)" if close else
                                                                           f"; groups: {known}"))
     raise SingletonError(f"{config.name} group {group}: no leader right now (vacant)")
+
+
+def _holder(kv: KeyValue | None) -> dict[str, Any]:
+    record = decode_leader(kv.value) if kv is not None else None
+    if kv is None:
+        return {"leader": None, "fencing_token": 0}
+    return {"leader": record.replica_id if record else "?", "pid": record.pid if record else None,
+            "lease_id": f"{kv.lease_id:x}", "fencing_token": kv.create_revision}
+
+
+def watch_groups(backend: Backend, config: Config, stop: threading.Event, *, as_json: bool, max_events: int,
+                 timeout_s: float) -> int:
+    """`status --watch` on a sharded name: each group's leader now, then a line per change of any group's leader
+    (one watch on `<prefix>/<name>/groups/`), with the time since that group's previous change."""
+    kvs, revision = backend.read_prefix(config.groups_prefix, timeout_s)
+    last: dict[str, float] = {}
+
+    def show(group: str, kv: KeyValue | None, since: float | None) -> None:
+        state = _holder(kv)
+        if as_json:
+            print(json.dumps({"unix_s": round(time.time(), 3), "name": config.name, "group": group, **state,
+                              "since_last_change_s": None if since is None else round(since, 3)}), flush=True)
+            return
+        who = (f"{state['leader']} (pid {state['pid']}, lease {state['lease_id']}, token {state['fencing_token']})"
+               if state["leader"] else "no leader")
+        after = "" if since is None else f"  [{since:.2f} s after the group's previous change]"
+        print(f"{time.strftime('%H:%M:%S')}  {config.name} group {group}: {who}{after}", flush=True)
+
+    def split(key: str) -> tuple[str, str]:
+        group, _, leaf = key[len(config.groups_prefix):].rpartition("/")
+        return group, leaf
+
+    now = time.monotonic()
+    groups = {split(kv.key)[0] for kv in kvs if split(kv.key)[0]}
+    leaders = {split(kv.key)[0]: kv for kv in kvs if split(kv.key)[1] == "leader"}
+    for group in sorted(groups):
+        show(group, leaders.get(group), None)
+        last[group] = now
+    events = 0
+    for event in backend.watch(config.groups_prefix, revision + 1, stop, prefix=True):
+        group, leaf = split(event.kv.key)
+        if leaf != "leader" or not group:
+            continue
+        now = time.monotonic()
+        show(group, None if event.deleted else event.kv, now - last[group] if group in last else None)
+        last[group] = now
+        events += 1
+        if max_events and events >= max_events:
+            break
+    return 0
