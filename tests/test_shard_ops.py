@@ -33,8 +33,10 @@ def replica(etcd: EtcdCluster, name: str, rid: str, runs: Runs) -> Singleton:
 
 
 def leaders(apps: list[Singleton]) -> dict[str, str]:
-    """Group -> the replica that leads it, as the replicas themselves say."""
-    return {g: app.replica_id for app in apps for g in led_and_offered(app)[0]}
+    """Group -> the replica that leads it, as the replicas themselves say; a group two replicas list (the one handing
+    it over still ends its term) is left out, as not settled."""
+    said = [(g, app.replica_id) for app in apps for g in led_and_offered(app)[0]]
+    return {g: r for g, r in said if [g2 for g2, _ in said].count(g) == 1}
 
 
 @contextmanager
