@@ -157,8 +157,8 @@ def _add_run(run: _Parser) -> None:
             "fast failover off (a crash costs the member lease)")
     _option(run, "--shard-campaign-delay", type=float, default=0.5, help="with --shard: how long a replica that "
             "is not a vacant group's preferred owner waits before campaigning for it, seconds")
-    _option(run, "--rebalance-interval", type=float, default=1.0, help="with --shard: a leader hands at most one "
-            "group per this many seconds to the replica now preferred for it")
+    _option(run, "--rebalance-interval", type=float, default=1.0, help="with --shard: a leader hands a tenth of its "
+            "groups (at least one) per this many seconds to the replicas now preferred for them")
     _option(run, "--sense-host", default="0.0.0.0", help="address the fast-failover sensing listener binds")
     _option(run, "--sense-port", type=int, default=0, help="its port (0: a free one; the leader record says which)")
     _option(run, "--advertise-host", default="", help="host or IP the other replicas reach this one at "
