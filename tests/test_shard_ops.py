@@ -77,6 +77,7 @@ def test_status_shows_members_and_each_groups_leader_and_resign_group_moves_one(
     runs: Runs = []
     with sharded(etcd, name, runs) as apps:
         led = leaders(apps)
+        wait_for(lambda: {j for _r, j, _s in runs} == {"a", "b", "c", "d", "e"}, 10, "every job ran (its record)")
         status = json.loads(out(capsys, ["status", *cli(etcd, name, "--json")]))
         assert status["leader"] is None  # the name's own key: sharding leaves it vacant
         shard = status["shard"]
@@ -98,6 +99,9 @@ def test_status_shows_members_and_each_groups_leader_and_resign_group_moves_one(
         assert f"{name} member r0 (host " in text and "offers 4 group(s): a, b, c, g" in text
         assert f"{name} group g: leader {led['g']} (host " in text and "; jobs d, e" in text
         assert "no replica has registered" not in text
+        assert f"{name}: job d: group g, led by {led['g']}; not in the jobs file; " in text  # every job with a record
+        jobs = {j["name"]: j for j in status.get("jobs", [])}
+        assert [(jobs[j]["group"], jobs[j]["group_leader"]) for j in ("a", "e")] == [("a", led["a"]), ("g", led["g"])]
 
         before = by_group["g"]["leader"]
         said = json.loads(out(capsys, ["resign", *cli(etcd, name, "--group", "g", "--json")]))

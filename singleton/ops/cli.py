@@ -239,6 +239,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     _add_jobs_status(config, specs, status)
     if not status["jobs"]:
         del status["jobs"]
+    elif status.get("shard") is not None:  # each job's group and its leader now
+        from singleton.ops.groups import job_groups
+
+        for job in status["jobs"]:
+            job["group"], job["group_leader"] = job_groups(status["shard"], job["name"])
     if args.json:
         print(json.dumps(status, indent=2))
         return 0

@@ -118,6 +118,15 @@ def shard_status(backend: Backend, config: Config, timeout_s: float) -> dict[str
             "vacant": vacant}
 
 
+def job_groups(shard: dict[str, Any], job: str) -> tuple[str | None, str | None]:
+    """From shard_status(): (the group whose leader runs `job`, that leader's replica id); a group of the job's own
+    name that nobody leads now: (group, None); else (None, None)."""
+    for g in shard["groups"]:
+        if job in g["jobs"]:
+            return g["group"], g["leader"]["replica_id"] if g["leader"] else None
+    return (job, None) if any(g["group"] == job for g in shard["groups"]) else (None, None)
+
+
 def describe_shards(name: str, shard: dict[str, Any]) -> list[str]:
     """The text lines of `singleton status` for a sharded name."""
     lines = [f"{name}: sharded: {len(shard['members'])} member(s), {len(shard['groups'])} group(s), "
