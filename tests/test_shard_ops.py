@@ -161,7 +161,17 @@ def test_pause_resume_and_trigger_reach_the_jobs_group_leader(etcd: EtcdCluster,
         assert err == f"singleton: error: unknown job 'dd' of {name}: the group leaders run a, b, c, d, e (did you mean d?)"
 
 
-def test_group_gauges_say_who_leads_what(etcd: EtcdCluster, name: str) -> None:
+class Adds:
+    """Stands in for the group-wins counter: what was added, with which labels."""
+
+    def __init__(self) -> None:
+        self.adds: list[tuple[int, dict[str, str]]] = []
+
+    def add(self, amount: int, attributes: dict[str, str]) -> None:
+        self.adds.append((amount, attributes))
+
+
+def test_group_gauges_say_who_leads_what(etcd: EtcdCluster, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
@@ -173,6 +183,8 @@ def test_group_gauges_say_who_leads_what(etcd: EtcdCluster, name: str) -> None:
     # The module's instruments live on the global meter; the same callbacks on our own provider read the same sources.
     meter.create_observable_gauge("groups_led", [shard_metrics._groups_led])
     meter.create_observable_gauge("group_leader", [shard_metrics._group_leader])
+    wins = Adds()
+    monkeypatch.setattr(shard_metrics, "_group_elections_won", wins)
     runs: Runs = []
     with sharded(etcd, name, runs) as apps:
         led = leaders(apps)
@@ -186,6 +198,10 @@ def test_group_gauges_say_who_leads_what(etcd: EtcdCluster, name: str) -> None:
         assert leader == {(r, g): int(led[g] == r) for r in ours for g in GROUPS}
         # Each group: exactly one replica says 1 (what the SingletonGroupNoLeader alert sums).
         assert all(sum(leader[r, g] for r in ours) == 1 for g in GROUPS)
+        # Every series born at 0, each replica x group; each leader counted its win of the group it leads now.
+        assert {(a["replica_id"], a["group"]) for n, a in wins.adds if n == 0} == {(r, g) for r in ours for g in GROUPS}
+        wait_for(lambda: all((1, {"replica_id": r, "group": g}) in wins.adds for g, r in led.items()), 5,
+                 "each current leader's win counted (on_elected runs on the listeners' thread)")
     provider.shutdown()
 
 
