@@ -159,6 +159,8 @@ def test_pause_resume_and_trigger_reach_the_jobs_group_leader(etcd: EtcdCluster,
 
         err = error(capsys, ["pause", *cli(etcd, name, "--job", "dd")], 2)
         assert err == f"singleton: error: unknown job 'dd' of {name}: the group leaders run a, b, c, d, e (did you mean d?)"
+        err = error(capsys, ["pause", *cli(etcd, name, "--job", "g")], 2)  # a group's name is not a job's
+        assert err.startswith(f"singleton: error: unknown job 'g' of {name}: the group leaders run a, b, c, d, e")
 
 
 class Adds:

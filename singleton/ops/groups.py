@@ -30,13 +30,14 @@ class Shards:
         return bool(self.members or self.groups)
 
     def job_group(self, job: str) -> str | None:
-        """The group whose leader runs `job` (its leader record lists the group's jobs); else a group of that name
-        (a job is its own group by default) that some member offers or that left keys; else None."""
+        """The group whose leader runs `job` (its leader record lists the group's jobs); else a vacant group of that
+        name (a job is its own group by default) that some member offers or that left keys; else None. A led group
+        whose jobs do not include its own name is no job's name."""
         for group, kv in sorted(self.leaders.items()):
             record = decode_leader(kv.value)
             if record is not None and job in record.jobs:
                 return group
-        return job if job in self.groups else None
+        return job if job in self.groups and job not in self.leaders else None
 
     def led_jobs(self) -> dict[str, str]:
         """Job -> group, for every job a group leader runs now."""
@@ -124,7 +125,7 @@ def job_groups(shard: dict[str, Any], job: str) -> tuple[str | None, str | None]
     for g in shard["groups"]:
         if job in g["jobs"]:
             return g["group"], g["leader"]["replica_id"] if g["leader"] else None
-    return (job, None) if any(g["group"] == job for g in shard["groups"]) else (None, None)
+    return (job, None) if any(g["group"] == job and g["leader"] is None for g in shard["groups"]) else (None, None)
 
 
 def describe_shards(name: str, shard: dict[str, Any]) -> list[str]:
