@@ -47,6 +47,23 @@ CASES = [
         f'singleton_is_leader{{{J},job_name="a",replica_id="r1"}}': "1x10",
         f'singleton_is_leader{{{J},job_name="b",replica_id="r1"}}': "0x10"},
         "SingletonNoLeader", "120s", [({"job": "singleton", "job_name": "b"}, "No leader in singleton (b) for 30 s")]),
+    case("sharded: every replica reports is_leader 0, the groups are led", {
+        f'singleton_is_leader{{{J},replica_id="a"}}': "0x12",
+        f'singleton_is_leader{{{J},replica_id="b"}}': "0x12",
+        f'singleton_groups_led{{{J},replica_id="a"}}': "1x12",
+        f'singleton_groups_led{{{J},replica_id="b"}}': "1x12"},
+        "SingletonNoLeader", "150s", []),
+    case("sharded: a group's leader crashed and nobody took it for 30 s", {
+        f'singleton_group_leader{{{J},replica_id="a",group="g1"}}': "1x12",
+        f'singleton_group_leader{{{J},replica_id="b",group="g1"}}': "0x12",
+        f'singleton_group_leader{{{J},replica_id="a",group="g2"}}': "1x3 0x9",
+        f'singleton_group_leader{{{J},replica_id="b",group="g2"}}': "0x12"},
+        "SingletonGroupNoLeader", "150s", [({"job": "singleton", "group": "g2"},
+                                            "No leader for group g2 in singleton for 30 s")]),
+    case("sharded: a rebalancing handover leaves no gap", {
+        f'singleton_group_leader{{{J},replica_id="a",group="g1"}}': "1 1 1 0 0 0 0 0 0 0",
+        f'singleton_group_leader{{{J},replica_id="b",group="g1"}}': "0 0 0 1 1 1 1 1 1 1"},
+        "SingletonGroupNoLeader", "135s", []),
     case("a crash takeover counts missed slots", {
         f'singleton_missed_slots_total{{{J},replica_id="b",reason="takeover"}}': "0 0 0 4 4 4",
         f'singleton_missed_slots_total{{{J},replica_id="b",reason="coalesced"}}': "0x6"},
@@ -97,6 +114,14 @@ CASES = [
         f'singleton_elections_won_total{{{J},replica_id="a"}}': "0 1 1 1",
         f'singleton_elections_won_total{{{J},replica_id="b"}}': "0 0 1 1"},
         "SingletonLeaderFlapping", "45s", []),
+    case("sharded: one group keeps moving; starting up won many groups at once", {
+        f'singleton_elections_won_total{{{J},replica_id="a"}}': "0 20 20 23 23 26 26",
+        f'singleton_groups_led{{{J},replica_id="a"}}': "0 20 20 20 20 20 20",
+        f'singleton_group_elections_won_total{{{J},replica_id="a",group="g1"}}': "0 1 1 2 2 3 3",
+        f'singleton_group_elections_won_total{{{J},replica_id="b",group="g1"}}': "0 0 1 1 2 2 3",
+        f'singleton_group_elections_won_total{{{J},replica_id="a",group="g2"}}': "0 1 1 1 1 1 1"},
+        "SingletonLeaderFlapping", "90s", [({"job": "singleton", "group": "g1"},
+                                            "~6 leader changes of group g1 in singleton in 15 min")]),
     case("a successor 3 s behind its predecessor", {
         f'singleton_clock_skew_seconds{{{J},replica_id="b"}}': "0 -3 -3 -3 -3 -3 -3"},
         "SingletonClockSkew", "90s", [({"job": "singleton", "replica_id": "b"},

@@ -152,6 +152,13 @@ def _add_run(run: _Parser) -> None:
             "all are busy is skipped and counted (pool_full), never queued")
     _switch(run, "--fast-failover", default=True, help="standbys sense the leader's death (its sensing socket "
             "closes and its port refuses) and revoke its lease: a crash costs about a second, not the lease")
+    _switch(run, "--shard", default=False, help="spread the groups of jobs (each job its own group unless the "
+            "jobs file sets group) across the replicas, each group with its own leader; needs --jobs, and turns "
+            "fast failover off (a crash costs the member lease)")
+    _option(run, "--shard-campaign-delay", type=float, default=0.5, help="with --shard: how long a replica that "
+            "is not a vacant group's preferred owner waits before campaigning for it, seconds")
+    _option(run, "--rebalance-interval", type=float, default=1.0, help="with --shard: a leader hands a tenth of its "
+            "groups (at least one) per this many seconds to the replicas now preferred for them")
     _option(run, "--sense-host", default="0.0.0.0", help="address the fast-failover sensing listener binds")
     _option(run, "--sense-port", type=int, default=0, help="its port (0: a free one; the leader record says which)")
     _option(run, "--advertise-host", default="", help="host or IP the other replicas reach this one at "
@@ -172,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_run(sub.add_parser("run", help="run one replica"))
 
-    status = sub.add_parser("status", help="who leads now")
+    status = sub.add_parser("status", help="who leads now (with sharding: the members and each group's leader)")
     _add_connection(status)
     status.add_argument("--json", action="store_true", help="machine-readable output (JSON lines with --watch)")
     status.add_argument("--watch", action="store_true", help="follow leader changes live (an etcd watch)")
@@ -196,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection(resign)
     resign.add_argument("--json", action="store_true", help="machine-readable output")
     resign.add_argument("--timeout", type=float, default=15.0, help="how long to wait for the handover, seconds")
+    resign.add_argument("--group", default=None, help="with sharding (run --shard): resign this group's leader; it "
+                        "hands the group over and does not take it back for 30 s")
 
     history = sub.add_parser("history", help="the last runs of the job, from the run record in etcd")
     _add_connection(history)
@@ -324,7 +333,8 @@ FIELD_FLAGS = {"lease_ttl_s": "--lease-ttl", "keepalive_interval_s": "--keepaliv
                "min_remaining_ttl_s": "--min-remaining-ttl", "renewal_timeout_s": "--renewal-timeout",
                "max_failed_renewals": "--max-failed-renewals", "stop_timeout_s": "--stop-timeout",
                "job_timeout_s": "--job-timeout", "job_cancel_grace_s": "--job-cancel-grace",
-               "catch_up_window_s": "--catch-up-window", "history_size": "--history-size", "workers": "--workers"}
+               "catch_up_window_s": "--catch-up-window", "history_size": "--history-size", "workers": "--workers",
+               "shard_campaign_delay_s": "--shard-campaign-delay", "rebalance_interval_s": "--rebalance-interval"}
 
 
 def describe_setting_error(err: SettingError, given: set[str]) -> str:

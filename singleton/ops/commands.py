@@ -11,9 +11,10 @@ from typing import Any
 
 from singleton.backends.abc import KeyValue
 from singleton.core.config import Config
-from singleton.core.errors import AuthError, SingletonError
+from singleton.core.errors import AuthError, ConfigError, SingletonError
 from singleton.backends.etcd import EtcdBackend
 from singleton.core.records import decode_leader
+from singleton.ops.groups import group_leader, read_shards, shard_status, watch_groups
 
 
 def describe_leader(kv: KeyValue) -> dict[str, Any]:
@@ -54,9 +55,14 @@ def leader_status(config: Config, timeout_s: float = 3.0, job: str | None = None
                                   "leader": None}
         status["runs"] = runs_status(backend, config, timeout_s, leading=kv is not None, job=job)
         status["control"] = control_status(backend, config, timeout_s)
+        shard = shard_status(backend, config, timeout_s)
+        if shard is not None:  # sharded: each group has its own leader key, and the name's own is vacant
+            status["shard"] = shard
         if kv is not None:
             status["leader"] = {**describe_leader(kv),
                                 "lease_remaining_s": backend.lease_remaining_s(kv.lease_id, timeout_s)}
+            return status
+        if shard is not None:
             return status
         names = names_under(backend, config.prefix, timeout_s)
         status["known_name"] = None if names is None else config.name in names
@@ -132,7 +138,8 @@ def _change(kv: KeyValue | None) -> dict[str, Any]:
 
 
 def watch_leader(config: Config, *, as_json: bool, max_events: int = 0, timeout_s: float = 3.0) -> int:
-    """Print the leader now, then a line on every change, with the time since the previous change."""
+    """Print the leader now, then a line on every change, with the time since the previous change. A sharded name:
+    each group's leader, then a line on every group's change (ops/groups.watch_groups)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         if threading.current_thread() is threading.main_thread():
@@ -140,6 +147,8 @@ def watch_leader(config: Config, *, as_json: bool, max_events: int = 0, timeout_
     backend = EtcdBackend.from_config(config)
     try:
         kv, revision = backend.get(config.leader_key, timeout_s)
+        if kv is None and read_shards(backend, config, timeout_s).sharded:
+            return watch_groups(backend, config, stop, as_json=as_json, max_events=max_events, timeout_s=timeout_s)
         last_change = time.monotonic()
 
         def show(state: dict[str, Any], since: float | None) -> None:
@@ -167,31 +176,44 @@ def watch_leader(config: Config, *, as_json: bool, max_events: int = 0, timeout_
         backend.close()
 
 
-def resign_leader(config: Config, *, as_json: bool, timeout_s: float = 15.0, call_timeout_s: float = 3.0) -> int:
+def resign_leader(config: Config, *, as_json: bool, timeout_s: float = 15.0, call_timeout_s: float = 3.0,
+                  group: str | None = None) -> int:
     """Ask the leader to step down: write its token to the resign key (guarded by that token), then wait
-    until the leader key has another holder or is vacant."""
+    until the leader key has another holder or is vacant. `group`: with sharding, that group's leader
+    (`<prefix>/<name>/groups/<group>/resign`); it withdraws from the group for a while and hands it over."""
     backend = EtcdBackend.from_config(config)
     try:
-        kv, _ = backend.get(config.leader_key, call_timeout_s)
+        kv: KeyValue | None
+        if group is not None:
+            kv = group_leader(backend, config, group, call_timeout_s)
+            config, label = config.for_group(group), f"{config.name} group {group}"
+        else:
+            kv, _ = backend.get(config.leader_key, call_timeout_s)
+            label = config.name
         if kv is None:
+            shards = read_shards(backend, config, call_timeout_s)
+            if shards.sharded:
+                raise ConfigError(f"{config.name} is sharded: each group has its own leader; resign one with "
+                                  f"--group G (groups: {', '.join(sorted(shards.groups)[:20])})")
             raise SingletonError(f"{config.name}: no leader to resign")
         old = _change(kv)
         token = kv.create_revision
         if not backend.guarded_put(config.leader_key, token, config.resign_key, str(token).encode(), call_timeout_s):
-            raise SingletonError(f"{config.name}: the leader changed while asking; try again")
+            raise SingletonError(f"{label}: the leader changed while asking; try again")
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             now_kv, _ = backend.get(config.leader_key, call_timeout_s)
             if now_kv is not None and now_kv.create_revision != token:
                 new = _change(now_kv)
                 if as_json:
-                    print(json.dumps({"resigned": old, "new_leader": new}))
+                    print(json.dumps({**({"group": group} if group is not None else {}), "resigned": old,
+                                      "new_leader": new}))
                 else:
-                    print(f"{config.name}: {old['leader']} (token {token}) resigned; "
+                    print(f"{label}: {old['leader']} (token {token}) resigned; "
                           f"{new['leader']} leads now (token {new['fencing_token']})")
                 return 0
             time.sleep(0.05)
-        print(f"singleton: {config.name}: {old['leader']} did not hand over within {timeout_s:g} s "
+        print(f"singleton: {label}: {old['leader']} did not hand over within {timeout_s:g} s "
               f"(no standby, or it could not resign)", file=sys.stderr)
         return 1
     finally:

@@ -20,6 +20,7 @@ from singleton.core import control as ctl
 from singleton.core.config import Config
 from singleton.core.errors import ConfigError, SingletonError
 from singleton.core.records import decode_leader
+from singleton.ops.groups import read_shards
 
 Edit = Callable[[ctl.JobControl], tuple[ctl.JobControl, ctl.ControlEvent]]
 _CAS_TRIES = 20
@@ -33,8 +34,23 @@ def default_by() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+def _unknown(job: str, config: Config, who: str, jobs: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(job, jobs, n=1)
+    return ConfigError(f"unknown job {job!r} of {config.name}: {who} {', '.join(sorted(jobs)[:20])}"
+                       + (f" (did you mean {close[0]}?)" if close else ""))
+
+
+def job_group(backend: Backend, config: Config, job: str | None, timeout_s: float) -> str | None:
+    """With sharding, the group whose leader runs `job` (None: not sharded, or no group of it is known now)."""
+    if not job:
+        return None
+    shards = read_shards(backend, config, timeout_s)
+    return shards.job_group(job) if shards.sharded else None
+
+
 def check_job(backend: Backend, config: Config, job: str | None, timeout_s: float) -> None:
-    """One line naming what is wrong when `job` left no trace under the name (a misspelt --job or --name)."""
+    """One line naming what is wrong when `job` left no trace under the name (a misspelt --job or --name). With
+    sharding the leader that names its jobs is the job's group's (`config.for_group`)."""
     base = f"{config.prefix}/{config.name}"
     if job:
         found = backend.get_many([config.leader_key, config.job_run_key(job), ctl.control_key(config, job)], timeout_s)
@@ -43,9 +59,14 @@ def check_job(backend: Backend, config: Config, job: str | None, timeout_s: floa
         if record is not None and record.jobs:  # the leader names the jobs it runs
             if job in record.jobs:
                 return
-            close = difflib.get_close_matches(job, list(record.jobs), n=1)
-            raise ConfigError(f"unknown job {job!r} of {config.name}: the leader runs "
-                              f"{', '.join(sorted(record.jobs)[:20])}" + (f" (did you mean {close[0]}?)" if close else ""))
+            raise _unknown(job, config, "the leader runs", list(record.jobs))
+        shards = read_shards(backend, config, timeout_s) if leader is None else None
+        if shards is not None and shards.sharded:
+            if shards.job_group(job) is not None or found:
+                return  # led now, or a known group between leaders, or a job with records
+            led = shards.led_jobs()
+            if led:
+                raise _unknown(job, config, "the group leaders run", list(led))
         if found:
             return
         known = sorted({k.key[len(base) + len("/jobs/"):].split("/", 1)[0]
@@ -134,6 +155,13 @@ def describe_line(name: str, state: dict[str, Any]) -> str:
     return f"{who}: {'; '.join(parts)}"
 
 
+def leader_of(backend: Backend, config: Config, timeout_s: float = 3.0) -> str | None:
+    """The replica id that holds `config.leader_key` now (a group's, with `config.for_group`), or None."""
+    kv, _ = backend.get(config.leader_key, timeout_s)
+    record = decode_leader(kv.value) if kv is not None else None
+    return None if kv is None else (record.replica_id if record is not None else "?")
+
+
 def wait_for_answer(backend: Backend, config: Config, job: str | None, trigger_id: str,
                     timeout_s: float) -> dict[str, Any] | None:
     """The leader's answer to a trigger (its `triggered` or `trigger-refused` event), or None within `timeout_s`."""
@@ -167,11 +195,15 @@ def control_command(backend: Backend, config: Config, verb: str, job: str | None
         raise ConfigError(f"--wait must be >= 0 (got {wait_s:g})")
     if not force:
         check_job(backend, config, job, 3.0)
+    group = job_group(backend, config, job, 3.0)
     control, event, revision = run_verb(backend, config, verb, job, by=by or default_by(), reason=reason,
                                         for_s=for_s)
     who = f"{config.name} job {job}" if job else config.name
     out: dict[str, Any] = {"name": config.name, "job": job, "verb": verb, "revision": revision,
                            "event": describe_event(event), "control": describe_control(job or "", control, time.time())}
+    if group is not None:  # sharded: the job's leader is its group's
+        out["group"], out["leader"] = group, leader_of(backend, config.for_group(group))
+        who += f" (group {group}, leader {out['leader'] or 'none right now'})"
     text = {"pause": f"{who}: paused" + (f" until {_utc(event.until_unix_s)}" if event.until_unix_s else
                                          " until resumed") + " (no slot claimed from now on is run)",
             "resume": f"{who}: resumed", "skip-next": f"{who}: its next slot not yet claimed will be skipped",

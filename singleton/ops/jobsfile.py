@@ -6,6 +6,7 @@ schedule, time zone and policies, all checked before anything touches etcd.
     callable = "mypkg.jobs:report"  # package.module:callable, importable from the current directory
     cron = "0 */5 * * * *"          # or: every = 0.25 (seconds); neither: every second
     tz = "Europe/Berlin"            # cron only; default UTC
+    group = "reports"               # with `run --shard`: the jobs of one group share a leader (default: the job's name)
 
 Any mistake (TOML syntax with its line, an unknown key with the one probably meant, a wrong type, a bad cron, an
 unknown zone, an interval under 0.1 s, a duplicate name, a callable that does not import) is one ConfigError line
@@ -29,7 +30,7 @@ from singleton.runtime.jobs import JobFn
 FIELDS: dict[str, tuple[type, ...]] = {
     "name": (str,), "callable": (str,), "every": (int, float), "cron": (str,), "tz": (str,),
     "jitter": (int, float), "overlap": (str,), "max_instances": (int,), "timeout": (int, float),
-    "catch_up": (str,), "catch_up_window": (int, float),
+    "catch_up": (str,), "catch_up_window": (int, float), "group": (str,),
 }
 _TYPE_WORDS: dict[tuple[type, ...], str] = {(str,): "a string", (int, float): "a number", (int,): "a whole number"}
 TOP_LEVEL = ("job",)

@@ -194,4 +194,6 @@ def describe_job_status(job: dict[str, Any]) -> str:
         parts.append(f"last finished run: slot {last['slot']} {last['outcome']} on {last['replica_id']}")
     if job["next"]:
         parts.append("next " + ", ".join(describe_instant(item) for item in job["next"]))
+    if job.get("group"):  # sharding
+        parts.insert(0, f"group {job['group']}, led by {job['group_leader'] or 'nobody now'}")
     return f"job {job['name']}: " + "; ".join(parts)

@@ -19,6 +19,7 @@ from singleton.core.jobspec import JobSpec
 from singleton.runtime.campaign import Campaigner, Won
 from singleton.runtime.jobs import JobFn, TickContext, outcome
 from singleton.runtime.sense_listener import SenseListener
+from singleton.runtime.shard import metrics as shard_metrics
 from singleton.runtime.shard.sharded import ShardedRun
 from singleton.runtime.leadership import Leadership
 from singleton.runtime.registry import JobRegistry, job_decorator
@@ -151,6 +152,7 @@ class Singleton(StatusMixin):
         try:
             if self.config.shard:
                 self._sharded = ShardedRun(self)
+                shard_metrics.register(self)
                 self._sharded.run()
             while not self._stop.is_set() and not self.config.shard:
                 if not self._wait_for_job_to_end(jobs):
