@@ -113,8 +113,8 @@ class Config:
     shard: bool = False
     group: str | None = None
     # A member that is not the preferred owner of a vacant group waits this long before campaigning for it
-    # (the preferred one goes at once); a leader hands at most one group per rebalance_interval_s to a member
-    # now preferred for it, so a rolling restart does not move every group at once.
+    # (the preferred one goes at once); a leader hands at most a tenth of its groups (at least one) per
+    # rebalance_interval_s to the members now preferred for them, so a rolling restart never moves all at once.
     shard_campaign_delay_s: float = 0.5
     rebalance_interval_s: float = 1.0
     # TLS files (paths) and etcd auth; the password itself never comes from a flag.

@@ -147,7 +147,8 @@ class Singleton(StatusMixin):
             self.stats.register_job(name)
         jobs = self._jobs = self._registry.start(self._job_done, self.clock, self._loop)
         self._runner_thread = threading.current_thread()
-        log.info("replica %s starting for %s on %s", self.config.replica_id, self.config.leader_key,
+        log.info("replica %s starting for %s on %s", self.config.replica_id,
+                 self.config.groups_prefix + "*" if self.config.shard else self.config.leader_key,
                  ",".join(map(str, self.config.endpoints)))
         try:
             if self.config.shard:

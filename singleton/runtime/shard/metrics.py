@@ -26,6 +26,9 @@ meter = metrics.get_meter("singleton")
 _group_elections_won = meter.create_counter("singleton.group_elections_won",
                                             description="Sharding: group campaigns this replica won, by group")
 
+_group_step_downs = meter.create_counter("singleton.group_step_downs",
+                                         description="Sharding: group terms that ended, by group and reason")
+
 _sources: weakref.WeakSet[Singleton] = weakref.WeakSet()
 _lock = threading.Lock()
 
@@ -81,3 +84,7 @@ def _won(app: Singleton, token: int) -> None:
     group = next((g for g, t in led.items() if t == token), None)
     if group is not None:
         _group_elections_won.add(1, {"replica_id": app.replica_id, "group": group})
+
+
+def group_stepped_down(replica_id: str, group: str, reason: str) -> None:
+    _group_step_downs.add(1, {"replica_id": replica_id, "group": group, "reason": reason})

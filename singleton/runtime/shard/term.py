@@ -10,6 +10,7 @@ from singleton.core.election import Election, Role, Term
 from singleton.core.lease import StepDownReason
 from singleton.core.records import Handover
 from singleton.runtime.leadership import Leadership, TermOutcome
+from singleton.runtime.shard.metrics import group_stepped_down
 
 if TYPE_CHECKING:
     from singleton.runtime.shard.sharded import ShardedRun
@@ -85,6 +86,7 @@ class GroupTerm:
             run.term_ended(self)
 
     def _stepping_down(self, reason: StepDownReason) -> None:
+        group_stepped_down(self.run.config.replica_id, self.group, reason.value)
         self.run.changed()
         app = self.run.app
         app._listeners.post(app._on_stepped_down, reason)
