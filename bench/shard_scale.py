@@ -70,6 +70,7 @@ class GroupWatch:
         self.prefix = Config(endpoints=tuple(cluster.endpoints), name=name, prefix=PREFIX).groups_prefix
         self.backend = EtcdBackend(cluster.endpoints)
         self.leaders: dict[str, str] = {}
+        self.ever_led: set[str] = set()  # a handover deletes the key before the successor puts its own
         self.stop = threading.Event()
         self._lock = threading.Lock()
         for attempt in range(12):  # etcd starved of CPU by the previous size may time out for a while
@@ -96,12 +97,17 @@ class GroupWatch:
                         self.leaders.pop(group, None)
                     else:
                         self.leaders[group] = record.replica_id
+                        self.ever_led.add(group)
         except BackendError as err:
             print(f"group watch ended: {err}", flush=True)
 
     def snapshot(self) -> dict[str, str]:
         with self._lock:
             return dict(self.leaders)
+
+    def led_once(self) -> int:
+        with self._lock:
+            return len(self.ever_led)
 
     def close(self) -> None:
         self.stop.set()
@@ -153,6 +159,17 @@ def etcd_cpu(cluster: EtcdCluster) -> float:
     return sum(proc_cpu_rss(m.proc.pid)[0] for m in cluster.members if m.proc is not None)
 
 
+def etcd_trouble(cluster: EtcdCluster) -> str:
+    """Members that exited during the size, with the first panic line of their log."""
+    dead = [m for m in cluster.members if m.proc is not None and m.proc.poll() is not None]
+    out = []
+    for m in dead:
+        panic = next((line for line in m.log_path.read_text(errors="replace").splitlines()
+                      if line.startswith("panic:")), "no panic line")
+        out.append(f"{m.name} exited ({panic})")
+    return "; ".join(out)
+
+
 def all_handled(cluster: EtcdCluster, metric: str = "grpc_server_handled_total") -> Counter[str]:
     """Summed over the members. handled_total counts unary calls (and streams once closed); msg_received_total
     every request message, the keepalives and watch requests sent on streams included."""
@@ -163,11 +180,11 @@ def all_handled(cluster: EtcdCluster, metric: str = "grpc_server_handled_total")
 
 
 def measure(cluster: EtcdCluster, work: Path, replicas: int, groups: int, crashes: int, window_s: float,
-            settle_cap_s: float, workers: int) -> dict[str, Any]:
+            settle_cap_s: float, workers: int, out: dict[str, Any]) -> dict[str, Any]:
+    """Fills `out` as it goes: a size that breaks half-way still has its first figures."""
     name = f"scale-{replicas}x{groups}"
     fleet = Fleet(cluster, work, name, groups, workers)
     watch = GroupWatch(cluster, name)
-    out: dict[str, Any] = {"size": f"{replicas} x {groups}"}
     try:
         started = time.monotonic()
         for _ in range(replicas):
@@ -179,7 +196,7 @@ def measure(cluster: EtcdCluster, work: Path, replicas: int, groups: int, crashe
         while time.monotonic() - started < settle_cap_s:
             now = time.monotonic()
             led = watch.snapshot()
-            if all_led is None and len(led) == groups:
+            if all_led is None and watch.led_once() == groups:
                 all_led = now - started
             ticked.update(t.job for t in fleet.tail.read_new())
             if all_ticked is None and len(ticked) == groups:
@@ -302,20 +319,33 @@ def main() -> int:
              "received/s | etcd CPU (cores) | replicas CPU (cores) | machine busy | replicas RSS | crash failover "
              "p50 / p99 (per orphaned group) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    with tempfile.TemporaryDirectory(prefix="singleton-bench-") as tmp, EtcdCluster(3, Path(tmp) / "etcd") as c:
+    trouble = []
+    with tempfile.TemporaryDirectory(prefix="singleton-bench-") as tmp:
         for replicas, groups in sizes:
             work = Path(tmp) / f"{replicas}x{groups}"
             work.mkdir()
-            try:
-                m = measure(c, work, replicas, groups, args.crashes, args.window_s, args.settle_cap_s, args.workers)
-            except Exception as err:  # noqa: BLE001 - a size that breaks (etcd starved, say) is a figure too
-                lines.append(f"| {replicas} x {groups} | did not run: {type(err).__name__}: {err} |")
+            # A fresh etcd per size: one that a size broke (see below) must not break the next.
+            with EtcdCluster(3, work / "etcd") as c:
+                m: dict[str, Any] = {"size": f"{replicas} x {groups}"}
+                try:
+                    measure(c, work, replicas, groups, args.crashes, args.window_s, args.settle_cap_s, args.workers,
+                            m)
+                except Exception as err:  # noqa: BLE001 - a size that breaks (etcd starved, say) is a figure too
+                    m["error"] = f"{type(err).__name__}: {err}"
+                if etcd_trouble(c):
+                    trouble.append(f"{replicas} x {groups}: etcd {etcd_trouble(c)}")
+            if "error" in m:
+                got = ", ".join(f"{k} {v:.1f} s" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()
+                                if k in ("all_led", "all_ticked", "spread", "most", "runs_per_s", "replica_cpu",
+                                         "etcd_cpu"))
+                lines.append(f"| {m['size']} | did not finish: {m['error']} ({got or 'no figure yet'}) |")
                 print(lines[-1], flush=True)
                 continue
             lines.append(row(m))
             print(lines[-1], f"(load {' '.join(f'{x:.2f}' for x in os.getloadavg())})", flush=True)
             print("groups led -> replicas leading that many:",
                   sorted(Counter((m.get("led_by") or Counter()).values()).items()), flush=True)
+    lines += [f"\netcd during {t}" for t in trouble]
     lines += ["", f"Load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}."]
     emit(lines, args.out)
     return 0
