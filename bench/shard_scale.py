@@ -174,8 +174,9 @@ def all_handled(cluster: EtcdCluster, metric: str = "grpc_server_handled_total")
     """Summed over the members. handled_total counts unary calls (and streams once closed); msg_received_total
     every request message, the keepalives and watch requests sent on streams included."""
     total: Counter[str] = Counter()
-    for endpoint in cluster.endpoints:
-        total += etcd_counts(endpoint.target, metric)
+    for member in cluster.members:
+        if member.running:  # a member that exited (see etcd_trouble) counts no more
+            total += etcd_counts(member.endpoint.target, metric)
     return total
 
 
@@ -208,7 +209,7 @@ def measure(cluster: EtcdCluster, work: Path, replicas: int, groups: int, crashe
                 break
             time.sleep(0.25)
         out.update(all_led=all_led, all_ticked=all_ticked, spread=spread, most=most, cap=cap,
-                   settled_after=time.monotonic() - started)
+                   settled_after=time.monotonic() - started, led=watch.led_once(), ran=len(ticked))
         print(f"{name}: all led {all_led}, all ticked {all_ticked}, spread {spread} (most {most}, cap {cap})",
               flush=True)
         # The steady window.
@@ -239,7 +240,7 @@ def measure(cluster: EtcdCluster, work: Path, replicas: int, groups: int, crashe
         failover: list[float] = []
         orphans: list[int] = []
         unfinished = 0
-        for _ in range(crashes):
+        for _ in range(crashes if replicas > 1 else 0):  # nobody to take over from a lone replica
             led = watch.snapshot()
             alive = {r for r, p in fleet.procs.items() if p.poll() is None}
             counts = Counter(r for r in led.values() if r in alive)
@@ -276,6 +277,11 @@ def row(m: dict[str, Any]) -> str:
     def s(v: object) -> str:
         return "—" if v is None else f"{v:.1f} s"  # type: ignore[str-format]
 
+    led = f"{s(m.get('all_led'))} / {s(m.get('all_ticked'))}"
+    if m.get("all_ticked") is None:
+        led += f" ({m.get('led')} led, {m.get('ran')} run of {str(m['size']).split(' x ')[1]} in " \
+               f"{m.get('settled_after', 0):.0f} s)"
+
     f = {k: v for k, v in m.items()}
     handled: Counter[str] = f.get("handled") or Counter()
     took = f.get("took", 1.0)
@@ -289,7 +295,7 @@ def row(m: dict[str, Any]) -> str:
     unfinished = f", {f['unfinished']} not in {CRASH_WAIT_S:g} s" if f.get("unfinished") else ""
     failover = f"{median(fo):.2f} / {pct(fo, 99):.2f} s ({len(fo)} groups, {len(f.get('orphans') or [])} kills" \
         f"{unfinished})" if fo else "—"
-    return (f"| {f['size']} | {s(f.get('all_led'))} / {s(f.get('all_ticked'))} | {spread} | "
+    return (f"| {f['size']} | {led} | {spread} | "
             f"{f.get('runs_per_s', 0):.0f} of {groups} | {lateness} | {total:.0f} ({top}); messages "
             f"{f.get('received', 0):.0f} | {f.get('etcd_cpu', 0):.2f} | {f.get('replica_cpu', 0):.2f} | "
             f"{f.get('machine_busy', 0) * 100:.0f} % | {f.get('rss', 0) / 1024:.0f} MB | {failover} |")
@@ -336,8 +342,8 @@ def main() -> int:
                     trouble.append(f"{replicas} x {groups}: etcd {etcd_trouble(c)}")
             if "error" in m:
                 got = ", ".join(f"{k} {v:.1f} s" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()
-                                if k in ("all_led", "all_ticked", "spread", "most", "runs_per_s", "replica_cpu",
-                                         "etcd_cpu"))
+                                if k in ("all_led", "all_ticked", "spread", "led", "ran", "most", "runs_per_s",
+                                         "replica_cpu", "etcd_cpu"))
                 lines.append(f"| {m['size']} | did not finish: {m['error']} ({got or 'no figure yet'}) |")
                 print(lines[-1], flush=True)
                 continue
