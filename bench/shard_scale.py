@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, etcd_counts, machine, median, pct  # noqa: E402
 
 from singleton.backends.etcd import EtcdBackend  # noqa: E402
-from singleton.chaos.shardreplica import LedgerTail, group_name  # noqa: E402
+from singleton.chaos.shardreplica import LedgerTail  # noqa: E402
 from singleton.core.config import Config  # noqa: E402
 from singleton.core.errors import BackendError  # noqa: E402
 from singleton.core.records import decode_leader  # noqa: E402

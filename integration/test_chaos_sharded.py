@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from singleton.chaos.sharded import ShardHarness, run_sharded_scenario
+from singleton.chaos.shardfaults import run_sharded_scenario
+from singleton.chaos.sharded import ShardHarness
 from singleton.chaos.shardverdict import takeover_bounds
 from singleton.core.timings import FAST
 

@@ -102,7 +102,8 @@ def run_chaos(*, endpoints: str, replicas: int, scenarios: str, rounds: int, out
 def run_sharded_chaos(*, endpoints: str, replicas: int, scenarios: str, rounds: int, out: str, fast: bool,
                       members: int, groups: int, other: bool = False) -> int:
     """`singleton chaos --sharded`: partition, SIGSTOP and SIGKILL of the replica leading the most groups."""
-    from singleton.chaos.sharded import ShardHarness, run_all_sharded, select_sharded
+    from singleton.chaos.sharded import ShardHarness
+    from singleton.chaos.shardfaults import run_all_sharded, select_sharded
 
     if other:
         raise ConfigError("--sharded runs its own every-second jobs: no --job, --jobs, TLS or auth options")
