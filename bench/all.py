@@ -32,6 +32,8 @@ BENCHES = [
     ("Many jobs on one leader", "jobs.py", ["--seconds", "20", "--counts", "1,20,200"],
      ["--seconds", "8", "--counts", "1,20"], "jobs.md"),
     ("What the run record costs", "run_record.py", ["--ticks", "60"], ["--ticks", "20"], "run-record.md"),
+    ("Sharding at scale", "shard_scale.py", ["--sizes", "10x100,50x100,10x250,25x250,50x500", "--crashes", "3"],
+     ["--sizes", "5x50,10x100", "--crashes", "1", "--window-s", "10", "--settle-cap-s", "60"], "shard-scale.md"),
 ]
 
 

@@ -28,9 +28,14 @@ def chaos_access(args: Any) -> EtcdAccess:
 
 def run_chaos(*, endpoints: str, replicas: int, scenarios: str, rounds: int, out: str, fast: bool,
               members: int, broken: bool = False, job: str = "", access: EtcdAccess | None = None,
-              jobs: str = "") -> int:
+              jobs: str = "", sharded: bool = False, groups: int = 12) -> int:
     """`job`: the user's `module:callable`, run by the replicas and judged from etcd's run record alone;
-    `jobs`: a jobs file, every job of it run by the replicas and judged from its own record."""
+    `jobs`: a jobs file, every job of it run by the replicas and judged from its own record; `sharded`: sharded
+    replicas leading `groups` groups between them, each group judged on its own (chaos/sharded.py)."""
+    if sharded:
+        return run_sharded_chaos(endpoints=endpoints, replicas=replicas, scenarios=scenarios, rounds=rounds, out=out,
+                                 fast=fast, members=members, groups=groups, other=bool(job or jobs or broken or
+                                                                                        (access and access.run_args())))
     if job and jobs:
         raise ConfigError("--job and --jobs exclude each other: one callable, or a jobs file")
     try:
@@ -88,6 +93,50 @@ def run_chaos(*, endpoints: str, replicas: int, scenarios: str, rounds: int, out
         harness.close()
     report = write_report(out_dir, results, timings, cluster, time.monotonic() - started)  # type: ignore[arg-type]
     timeline = write_timeline(out_dir, results)  # type: ignore[arg-type]
+    held = all(v.held for v, _ in results)
+    print(f"{'every invariant held' if held else 'INVARIANTS VIOLATED'}; report: {report}; "
+          f"{f'timeline: {timeline}' if timeline else NO_PICTURE}")
+    return 0 if held else 1
+
+
+def run_sharded_chaos(*, endpoints: str, replicas: int, scenarios: str, rounds: int, out: str, fast: bool,
+                      members: int, groups: int, other: bool = False) -> int:
+    """`singleton chaos --sharded`: partition, SIGSTOP and SIGKILL of the replica leading the most groups."""
+    from singleton.chaos.sharded import ShardHarness
+    from singleton.chaos.shardfaults import run_all_sharded, select_sharded
+
+    if other:
+        raise ConfigError("--sharded runs its own every-second jobs: no --job, --jobs, TLS or auth options")
+    try:
+        names = select_sharded(scenarios)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if replicas < 2 or rounds < 1 or members not in (1, 3, 5) or not 1 <= groups <= 1000:
+        raise ConfigError("--replicas must be >= 2, --rounds >= 1, --members 1, 3 or 5, --groups 1 to 1000")
+    etcd_binary("etcdctl")
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings = FAST if fast else DEFAULT
+    harness = ShardHarness(out_dir, endpoints=list(parse_endpoints(endpoints)) if endpoints else None,
+                           members=members, replicas=replicas, timings=timings, groups=groups)
+    cluster = endpoints or f"embedded, {members} member(s)"
+    print(f"singleton chaos --sharded: {len(names)} scenario(s) x {rounds} round(s) on {cluster}, {replicas} "
+          f"sharded replicas leading {groups} groups (one every-second job each), timings: {timings}", flush=True)
+    logging.getLogger("singleton").setLevel(logging.ERROR)
+    started = time.monotonic()
+
+    def interrupted(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    harness.start()
+    try:
+        results = run_all_sharded(harness, names, rounds, lambda line: print(line, flush=True))
+    finally:
+        harness.close()
+    report = write_report(out_dir, results, timings, f"{cluster}; sharded, {groups} groups (rows by job = by group)",
+                          time.monotonic() - started)
+    timeline = write_timeline(out_dir, results)
     held = all(v.held for v, _ in results)
     print(f"{'every invariant held' if held else 'INVARIANTS VIOLATED'}; report: {report}; "
           f"{f'timeline: {timeline}' if timeline else NO_PICTURE}")

@@ -113,6 +113,7 @@ class ScenarioRun:
     job_records: dict[str, tuple[RunRecord | None, list[RunEntry]]] = field(default_factory=dict)
     history_size: int = HISTORY_SIZE
     wall_minus_mono: float = 0.0  # the replicas' wall clock minus the harness's monotonic one (one host)
+    sharded_groups: int = 0  # `--sharded`: sharded replicas leading this many groups, each judged on its own
 
 
 def free_port() -> int:

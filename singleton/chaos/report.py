@@ -42,6 +42,15 @@ def timeline_available() -> bool:
 
 
 def _evidence(results: list[tuple[Verdict, ScenarioRun]]) -> str:
+    groups = next((run.sharded_groups for _, run in results if run.sharded_groups), 0)
+    if groups:
+        return (f"- Evidence (`--sharded`): the ledger of every run of the {groups} groups' jobs (one every-second "
+                f"job per group) and the harness's watch of every group's leader key. Each group is judged on its "
+                f"own (the rows by job): no slot twice, no two runs at once across replicas, tokens grow; each "
+                f"group the faulted replica led is taken over within lease + 1 s + the campaign delay of the "
+                f"last-ranked member (+0.5 s slack), not before its lease could lapse; a cut replica stops before "
+                f"etcd drops its keys, a thawed one runs nothing on its old terms. Missed slots are counted, not "
+                f"judged. (The paragraph below is the plain harness's.)")
     jobs_file = next((run.jobs_file for _, run in results if run.jobs_file), None)
     if jobs_file:
         return (f"- Evidence: the jobs of `{jobs_file}` write no ledger: each job is judged from its own run record "

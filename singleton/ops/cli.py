@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_chaos(endpoints=args.endpoints, replicas=args.replicas, scenarios=args.scenarios,
                              rounds=args.rounds, out=args.out, fast=args.fast, members=args.members,
                              broken=args.broken_replicas, job=args.job, access=chaos_access(args),
-                             jobs=args.jobs)
+                             jobs=args.jobs, sharded=args.sharded, groups=args.groups)
         if args.command == "dev-etcd":
             from singleton.dev.devetcd import run_dev_etcd
 

@@ -229,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--job", default="", help="your own job, package.module:callable: the replicas run it and "
                        "the verdict comes from etcd's run record and history (no ledger); offers the scenarios "
                        "that do not shape the job or the clocks")
+    chaos.add_argument("--sharded", action="store_true", help="sharded replicas (Config(shard=True)), each group "
+                       "judged on its own; scenarios: partition, sigstop, sigkill (of the busiest member), "
+                       "partition-then-sigstop")
+    chaos.add_argument("--groups", type=int, default=12, help="with --sharded: groups (one every-second job each)")
     chaos.add_argument("--jobs", default="", help="your jobs file (as `run --jobs`): the replicas run every job of "
                        "it and each job is judged from its own run record, at its own schedule (not with --job)")
     _add_credentials(chaos)
