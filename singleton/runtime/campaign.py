@@ -203,11 +203,8 @@ class Campaigner:
                 self._vacancy_revision = change.revision
             self._vacancy_seen_at = self.clock.monotonic()
             self._see_leader(None)
-            # The standby that sensed the death and revoked the lease goes at once (its turn has already come:
-            # the same order ranks the sensors); any other sensor of the ended term stands down now.
-            sensed = self.sensor is not None and self.sensor.revoking.is_set()
-            self._sense(None)
-            turn_s = 0.0 if sensed else stagger_s(cfg.replica_id, leader.create_revision, cfg.campaign_stagger_max_s)
+            turn_s = self._turn_s(leader)
+            self._sense(None)  # the term is over: a sensor still waiting its turn to revoke stands down
             taken = self._taken_within(follower, turn_s)
             if taken is None or taken.kv is None:
                 log.info("campaigning%s", f" after our turn of {turn_s * 1000:.0f} ms" if turn_s else "")
@@ -216,6 +213,17 @@ class Campaigner:
                      taken.kv.create_revision)
             self._vacancy_revision = self._vacancy_seen_at = None
             leader = self._leader_put(taken.kv, leader, taken.read)
+
+    def _turn_s(self, leader: KeyValue) -> float:
+        """How long to wait before campaigning for the vacancy `leader`'s end left."""
+        cfg, sensor = self.config, self.sensor
+        turn_s = stagger_s(cfg.replica_id, leader.create_revision, cfg.campaign_stagger_max_s)
+        if sensor is None or not sensor.dead.is_set():
+            return turn_s
+        if sensor.revoking.is_set():
+            return 0.0  # we sensed the death and revoked the lease: our turn has come (the sensors' order is this one)
+        # Another standby sensed it first, revoked, and campaigns at once: it gets a whole stagger's lead.
+        return cfg.campaign_stagger_max_s + turn_s
 
     @staticmethod
     def _taken_within(follower: KeyFollower, wait_s: float) -> Change | None:

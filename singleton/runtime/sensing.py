@@ -40,6 +40,7 @@ class Sensor:
         self.backend, self.call_timeout_s = backend, call_timeout_s
         self.sense = DeathSense(clock)
         self.turn_s = turn_s  # our turn among the standbys (core/stagger.py): the first revokes, the rest see it
+        self.dead = threading.Event()  # we sensed the death (our revoke waits its turn)
         self.revoking = threading.Event()  # we sent the revoke: our campaign need not wait its turn again
         self.revoked = threading.Event()
         self._stop = threading.Event()
@@ -166,6 +167,7 @@ class Sensor:
     def _revoke(self) -> None:
         # Every standby senses the death at once; waiting our turn, the first one's revoke deletes the key and our
         # campaigner stops us (stop()) before we read or revoke: O(1) etcd requests per death, not one per standby.
+        self.dead.set()
         if self.turn_s > 0 and self._stop.wait(self.turn_s):
             return
         if not self._still_holds_the_key():
