@@ -90,8 +90,9 @@ def test_a_leaders_death_wakes_a_bounded_number_of_campaigns(etcd: EtcdCluster, 
                 outside.revoke_lease(term.keeper.lease_id, 2.0)
             else:  # a graceful handover
                 old.resign()
-            wait_for(lambda: (new := leader_of(replicas)) is not None and new is not old, 10, "a new leader")
+            wait_for(lambda: leader_of(replicas) not in (None, old), 10, "a new leader")
             new = leader_of(replicas)
+            assert new is not None
             # Every standby follows the new leader again (a late campaigner has lost by now, or never ran).
             wait_for(lambda: all(s.status().leader_id == new.replica_id for s in standbys if s is not new),
                      10, "the standbys to follow the new leader")
@@ -110,7 +111,8 @@ def test_a_leaders_death_wakes_a_bounded_number_of_campaigns(etcd: EtcdCluster, 
 
 def test_a_leader_reads_its_key_on_no_renewal_and_still_learns_of_its_deletion_at_once(etcd: EtcdCluster,
                                                                                      name: str) -> None:
-    leader = replica(etcd, name, "a")
+    # Renewals 2 s apart: a step-down well within that came from the watch, not from a renewal.
+    leader = replica(etcd, name, "a", lease_ttl_s=6, keepalive_interval_s=2.0, min_remaining_ttl_s=1.0)
     outside = EtcdBackend(etcd.endpoints)
     reasons: list[StepDownReason] = []
     leader.on_stepped_down(reasons.append)
@@ -119,7 +121,7 @@ def test_a_leader_reads_its_key_on_no_renewal_and_still_learns_of_its_deletion_a
         wait_for(lambda: leader.is_leader, 5, "a to lead")
         token = leader.fencing_token
         reads = calls(leader, "get leader key")
-        threading.Event().wait(3 * leader.config.keepalive_interval_s + 0.5)  # three renewals at least
+        threading.Event().wait(2 * leader.config.keepalive_interval_s + 0.5)  # two renewals at least
         assert leader.is_leader and leader.fencing_token == token
         assert calls(leader, "get leader key") == reads, "the leader re-read its key after a renewal"
         # An operator deletes the key behind its back: the watch ends the term, no renewal needed.

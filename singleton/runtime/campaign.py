@@ -1,6 +1,7 @@
 """Standing for election: campaign (grant a lease, one compare-and-swap transaction), and when lost, stand by on a
-watch of the leader key until it is deleted. tenacity decides when to retry after etcd errors; this module does
-the calls and the waiting."""
+watch of the leader key until it is deleted, then wait our turn (core/stagger.py) still watching, so that one
+standby campaigns rather than all. tenacity decides when to retry after etcd errors; this module does the calls
+and the waiting."""
 from __future__ import annotations
 
 import logging
@@ -206,6 +207,8 @@ class Campaigner:
             turn_s = self._turn_s(leader)
             self._sense(None)  # the term is over: a sensor still waiting its turn to revoke stands down
             taken = self._taken_within(follower, turn_s)
+            if self._stop.is_set():
+                return
             if taken is None or taken.kv is None:
                 log.info("campaigning%s", f" after our turn of {turn_s * 1000:.0f} ms" if turn_s else "")
                 return

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from singleton.backends.abc import Backend, KeyValue
-from singleton.backends.etcd.wakeup import on_set
 from singleton.core.errors import BackendError, WatchCompacted
 
 log = logging.getLogger("singleton")
@@ -60,23 +59,24 @@ def follow_key(backend: Backend, key: str, start_revision: int, stop: threading.
 
 class KeyFollower:
     """`follow_key` in a thread, its changes queued for one consumer that may wait on them with a deadline (a
-    standby waiting its turn: has someone taken the key meanwhile?). `close()` ends the thread; so does `stop`."""
+    standby waiting its turn: has someone taken the key meanwhile?). The watch ends with `stop`; after `close()`
+    it ends at the key's next change (the campaign that follows a close puts the key: ours or the winner's), so no
+    thread of ours waits on `stop` and nothing polls."""
 
     def __init__(self, backend: Backend, key: str, start_revision: int, stop: threading.Event,
                  call_timeout_s: float, what: str) -> None:
         self._changes: queue.Queue[Change | None] = queue.Queue()
-        self._done = threading.Event()  # the watch's own stop: set by close(), or when `stop` is
-        self._stop = stop
-        self._args = (backend, key, start_revision, self._done, self._changes_put, call_timeout_s, what)
+        self._closed = threading.Event()
+        self._args = (backend, key, start_revision, stop, self._changes_put, call_timeout_s, what)
         self._thread = threading.Thread(target=self._run, daemon=True, name="singleton-key-watch")
-        self._forget_stop: Callable[[], None] = lambda: None
 
     def start(self) -> KeyFollower:
-        self._forget_stop = on_set(self._stop, self.close)  # a thread blocked on `stop`: no timed wake-ups
         self._thread.start()
         return self
 
     def _changes_put(self, change: Change) -> bool:
+        if self._closed.is_set():
+            return True
         self._changes.put(change)
         return False
 
@@ -87,12 +87,11 @@ class KeyFollower:
             self._changes.put(None)  # the consumer's wait ends with the watch
 
     def next(self, timeout_s: float | None = None) -> Change | None:
-        """The next change; None when the watch has ended (closed or stopped). Raises queue.Empty after
+        """The next change; None when the watch has ended (stopped, or closed). Raises queue.Empty after
         `timeout_s` without one."""
-        if self._done.is_set() and self._changes.empty():
+        if self._closed.is_set():
             return None
         return self._changes.get(timeout=timeout_s)
 
     def close(self) -> None:
-        self._done.set()
-        self._forget_stop()
+        self._closed.set()
