@@ -15,6 +15,7 @@ from singleton.core.config import SettingError
 from singleton.core.stagger import stagger_s
 from singleton.core.timings import FAST
 from singleton.dev.embedded import EtcdCluster
+from singleton.runtime.keywatch import Change, follow_key
 from singleton.testing.recorder import wait_for
 
 
@@ -156,3 +157,27 @@ def test_the_stagger_is_a_checked_setting() -> None:
     for bad in (-0.1, 0.6):
         with pytest.raises(SettingError, match="campaign_stagger_max_s"):
             Config(endpoints="http://127.0.0.1:2379", name="x", campaign_stagger_max_s=bad)
+
+
+def test_the_key_watch_outlives_compaction_by_reading_the_key_and_going_on(etcd: EtcdCluster, name: str) -> None:
+    backend = EtcdBackend(etcd.endpoints)
+    key, stop = f"/{name}/leader", threading.Event()
+    changes: list[Change] = []
+    try:
+        lease = backend.grant_lease(10, 2.0)
+        result = backend.campaign(key, b"x", lease.lease_id, 2.0)
+        start = result.revision  # the watch is to start here, but this history is compacted before it opens
+        backend.compact(backend.get(key, 2.0)[1], 2.0)
+        thread = threading.Thread(target=follow_key, args=(backend, key, start - 1, stop,
+                                                           lambda c: changes.append(c) or c.kv is None, 2.0, "test"))
+        thread.start()
+        wait_for(lambda: changes, 5, "the re-read after compaction")
+        assert changes[0].read and changes[0].kv is not None and changes[0].kv.create_revision == result.fencing_token
+        backend.revoke_lease(lease.lease_id, 2.0)  # then the watch goes on from the read: the delete comes
+        wait_for(lambda: len(changes) == 2, 5, "the delete")
+        assert changes[1].kv is None and not changes[1].read
+        thread.join(5)
+        assert not thread.is_alive()  # on_change said done
+    finally:
+        stop.set()
+        backend.close()
