@@ -83,6 +83,9 @@ class Config:
     call_timeout_s: float = 2.0
     stop_timeout_s: float = 5.0
     campaign_backoff_max_s: float = 2.0
+    # On a vacancy each standby waits its turn, a delay in [0, this) from a hash of (its id, the ended term), still
+    # watching the key: the first campaigns, the rest see its put and do not (core/stagger.py). 0: all at once.
+    campaign_stagger_max_s: float = 0.15
     # A run longer than this is told to cancel (None: no limit). One still running `job_cancel_grace_s` after a
     # cancel is hung: the replica steps down without releasing its lease, and /healthz fails until it ends.
     job_timeout_s: float | None = None
@@ -238,6 +241,10 @@ class Config:
                                {"job_timeout_s": self.job_timeout_s})
         if self.group is not None and not _GROUP_RE.match(self.group):
             raise ConfigError(f"bad group {self.group!r}: use letters, digits and . _ : -")
+        if not 0 <= self.campaign_stagger_max_s <= 0.5:
+            # A takeover waits for the first turn: beyond half a second it would cost a handover its next second.
+            raise SettingError("{campaign_stagger_max_s} must be from 0 (off) to 0.5 s",
+                               {"campaign_stagger_max_s": self.campaign_stagger_max_s})
         for label in ("call_timeout_s", "stop_timeout_s", "campaign_backoff_max_s", "job_cancel_grace_s",
                       "catch_up_window_s", "shard_campaign_delay_s", "rebalance_interval_s"):
             value = getattr(self, label)

@@ -1,10 +1,13 @@
 """Standing for election: campaign (grant a lease, one compare-and-swap transaction), and when lost, stand by on a
-watch of the leader key until it is deleted. tenacity decides when to retry after etcd errors; this module does
-the calls and the waiting."""
+watch of the leader key until it is deleted, then wait our turn (core/stagger.py) still watching, so that one
+standby campaigns rather than all. tenacity decides when to retry after etcd errors; this module does the calls
+and the waiting."""
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,10 +17,12 @@ from singleton.backends.abc import Backend, CampaignResult, KeyValue
 from singleton.core.clock import Clock
 from singleton.core.config import Config
 from singleton.core.election import Election, Term
-from singleton.core.errors import BackendError, WatchCompacted
+from singleton.core.errors import BackendError
 from singleton.core.lease import LeaseKeeper
 from singleton.core.records import Handover, decode_handover, decode_leader, leader_record
 from singleton.core.repeats import RepeatedFailures
+from singleton.core.stagger import stagger_s
+from singleton.runtime.keywatch import Change, KeyFollower
 from singleton.runtime.sensing import Sensor
 from singleton.runtime.telemetry import tracer
 
@@ -48,6 +53,7 @@ class Campaigner:
         self._vacancy_seen_at: float | None = None  # monotonic time we saw it
         self.sensing: tuple[str, str] | None = None  # our listener's (address, nonce), for our leader record
         self.sensor: Sensor | None = None  # while standing by: the sensing of the current leader's death
+        self._led = False  # our last campaign won: the next one follows the end of our own term
         where = ",".join(map(str, config.endpoints))
         self._failures = RepeatedFailures(log, f"etcd not usable at {where}", clock=clock.monotonic)
 
@@ -72,8 +78,21 @@ class Campaigner:
         self._stop.wait(seconds)  # a stop ends the back-off at once
 
     def until_decided(self) -> Won | None:
-        """Campaign until we win, or are stopped (None). A lost campaign waits on the watch for a vacancy."""
+        """Campaign until we win, or are stopped (None). A lost campaign waits on the watch for a vacancy.
+
+        Before a campaign that no vacancy of our watch called for (at start, after our own term), we read the key
+        first: held, we stand by at once, without a lease grant, a transaction and a revoke."""
+        if self._led:  # our own term just ended (a forced step-down): the standbys have the first turns
+            self._led = False
+            if self._stop.wait(self.config.campaign_stagger_max_s):
+                return None
+        look = True
         while not self._stop.is_set():
+            if look and (held := self._held()) is not None:
+                look = False
+                self._wait_for_vacancy(held)
+                continue
+            look = False
             try:
                 term, result, sent_at = self.retrying()(self.once)
             except tenacity.RetryError:
@@ -82,9 +101,20 @@ class Campaigner:
             if term is not None:
                 seen_at, self._vacancy_seen_at = self._vacancy_seen_at, None
                 vacant_for = None if seen_at is None else self.clock.monotonic() - seen_at
+                self._led = True
                 return Won(term, result, sent_at, self._handover(result), vacant_for)
             self._wait_for_vacancy(result)
         return None
+
+    def _held(self) -> CampaignResult | None:
+        """The leader key as it stands, as a lost campaign would report it; None if vacant (or stopped)."""
+        try:
+            kv, revision = self.retrying()(self.backend.get, self.config.leader_key, self.config.call_timeout_s)
+        except tenacity.RetryError:
+            return None
+        self._failures.recovered()
+        self._see_leader(kv)
+        return None if kv is None else CampaignResult(False, revision, kv, {})
 
     def once(self) -> tuple[Term | None, CampaignResult, float]:
         with tracer.start_as_current_span("singleton.campaign", attributes={"singleton.replica_id":
@@ -145,17 +175,79 @@ class Campaigner:
                         record.replica_id, holder.lease_id, record.host, record.pid)
 
     def _wait_for_vacancy(self, lost: CampaignResult) -> None:
-        """Watch the leader key until it is deleted (or we stop). No polling decides who leads."""
+        """Follow the leader key until it is deleted and our turn to campaign comes with nobody having taken it
+        meanwhile (or we stop). No polling decides who leads."""
         self._vacancy_revision = None
         if lost.leader is None:
             return  # vanished between our transaction and now: campaign again at once
         log.info("standing by: token %d holds %s", lost.leader.create_revision, self.config.leader_key)
         self._warn_if_our_id(lost.leader)
         self._sense(lost.leader)
+        follower = KeyFollower(self.backend, self.config.leader_key, lost.revision + 1, self._stop,
+                               self.config.call_timeout_s, "the standby's watch of the leader key").start()
         try:
-            self._watch_for_vacancy(lost.revision + 1)
+            self._stand_by(follower, lost.leader)
         finally:
+            follower.close()
             self._sense(None)
+
+    def _stand_by(self, follower: KeyFollower, leader: KeyValue) -> None:
+        """Returns when we are to campaign (or stopped). On a vacancy we wait our turn (core/stagger.py) still
+        watching: a put meanwhile means someone won, and we stand by again without a grant or a transaction."""
+        cfg = self.config
+        while (change := follower.next()) is not None:
+            if change.kv is not None:
+                leader = self._leader_put(change.kv, leader, change.read)
+                continue
+            if not change.read:
+                log.info("leader key deleted at revision %d", change.revision)
+                self._vacancy_revision = change.revision
+            self._vacancy_seen_at = self.clock.monotonic()
+            self._see_leader(None)
+            turn_s = self._turn_s(leader)
+            self._sense(None)  # the term is over: a sensor still waiting its turn to revoke stands down
+            taken = self._taken_within(follower, turn_s)
+            if self._stop.is_set():
+                return
+            if taken is None or taken.kv is None:
+                log.info("campaigning%s", f" after our turn of {turn_s * 1000:.0f} ms" if turn_s else "")
+                return
+            log.info("leader key taken (token %d) while we waited our turn: standing by",
+                     taken.kv.create_revision)
+            self._vacancy_revision = self._vacancy_seen_at = None
+            leader = self._leader_put(taken.kv, leader, taken.read)
+
+    def _turn_s(self, leader: KeyValue) -> float:
+        """How long to wait before campaigning for the vacancy `leader`'s end left."""
+        cfg, sensor = self.config, self.sensor
+        turn_s = stagger_s(cfg.replica_id, leader.create_revision, cfg.campaign_stagger_max_s)
+        if sensor is None or not sensor.dead.is_set():
+            return turn_s
+        if sensor.revoking.is_set():
+            return 0.0  # we sensed the death and revoked the lease: our turn has come (the sensors' order is this one)
+        # Another standby sensed it first, revoked, and campaigns at once: it gets a whole stagger's lead.
+        return cfg.campaign_stagger_max_s + turn_s
+
+    @staticmethod
+    def _taken_within(follower: KeyFollower, wait_s: float) -> Change | None:
+        """The put of the leader key if one comes within `wait_s` (real time: etcd's own pace, not the clock's)."""
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                change = follower.next(left)
+            except queue.Empty:
+                return None
+            if change is None or change.kv is not None:
+                return change  # stopped, or taken
+        return None
+
+    def _leader_put(self, kv: KeyValue, before: KeyValue, read: bool) -> KeyValue:
+        self._see_leader(kv)
+        self._sense(kv)
+        if not read or kv.create_revision != before.create_revision:
+            record = decode_leader(kv.value)
+            log.info("leader changed: %s token %d", record.replica_id if record else "?", kv.create_revision)
+        return kv
 
     def _sense(self, leader: KeyValue | None) -> None:
         """Sense the death of `leader`'s process (None: stop sensing). A sensed death revokes its lease, which
@@ -170,35 +262,9 @@ class Campaigner:
                 or (self.sensing is not None and record.sense_nonce == self.sensing[1])):
             return  # off here, a leader that offers no sensing (off there, an older version), or our own record
         try:
+            turn_s = stagger_s(self.config.replica_id, leader.create_revision, self.config.campaign_stagger_max_s)
             self.sensor = Sensor(record.sense_address, record.sense_nonce, leader.lease_id, self.backend,
                                  self.clock, self.config.call_timeout_s, record.replica_id,
-                                 self.config.leader_key).start()
+                                 self.config.leader_key, turn_s=turn_s).start()
         except ValueError as err:
             log.warning("not sensing leader %s: %s", record.replica_id, err)
-
-    def _watch_for_vacancy(self, start: int) -> None:
-        while not self._stop.is_set():
-            try:
-                for event in self.backend.watch(self.config.leader_key, start, self._stop):
-                    start = event.revision + 1
-                    if event.deleted:
-                        log.info("leader key deleted at revision %d: campaigning", event.revision)
-                        self._vacancy_revision, self._vacancy_seen_at = event.revision, self.clock.monotonic()
-                        self._see_leader(None)
-                        return
-                    self._see_leader(event.kv)
-                    self._sense(event.kv)
-                    record = decode_leader(event.kv.value)
-                    log.info("leader changed: %s token %d", record.replica_id if record else "?",
-                             event.kv.create_revision)
-                return
-            except WatchCompacted:
-                try:
-                    kv, revision = self.retrying()(self.backend.get, self.config.leader_key,
-                                                   self.config.call_timeout_s)
-                except tenacity.RetryError:
-                    return
-                if kv is None:
-                    return
-                self._sense(kv)
-                start = revision + 1

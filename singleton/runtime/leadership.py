@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from singleton.backends.abc import Backend
 from singleton.core.clock import Clock
 from singleton.core.config import Config
-from singleton.core.election import Election, Term
+from singleton.core.election import Election, Role, Term
 from singleton.core.errors import BackendError, WatchCompacted
 from singleton.core.lease import StepDownReason
 from singleton.core.records import Handover
@@ -22,6 +22,7 @@ from singleton.core.term import Act, StepDown
 from singleton.core.runs import handover_skew_s, record_skew_lower_bound_s, SKEW_WARNING_S
 from singleton.runtime.control import JobControls
 from singleton.runtime.jobs import TickContext
+from singleton.runtime.keywatch import Change, follow_key
 from singleton.runtime.runs import MAX_TXN_OPS, RunChain
 from singleton.runtime.telemetry import Stats
 from singleton.runtime.ticking import Ticker
@@ -107,21 +108,32 @@ class Leadership(Ticker):
                 failures = keeper.renewal_failed()
                 self.stats.renewal(None)
                 log.warning("renewal failed (%d in a row) %s: %s", failures, self._tag, err)
-            else:
-                self._check_key_still_ours()
             self._wake.set()
             self.keepalive_beat = self.clock.monotonic()
             next_at = sent_at + cfg.keepalive_interval_s
 
-    def _check_key_still_ours(self) -> None:
-        """Someone deleting or replacing the leader key (an operator, a resign) ends the term too."""
-        try:
-            kv, _ = self.backend.get(self.config.leader_key, self.config.renewal_deadline_s)
-        except BackendError as err:
-            log.info("could not re-read the leader key %s: %s", self._tag, err)
-            return
-        if kv is None or kv.create_revision != self.term.fencing_token:
-            self.term.keeper.mark_lost(StepDownReason.LEADERSHIP_LOST)
+    def _check_key_still_ours(self, change: Change) -> bool:
+        """Someone deleting or replacing the leader key (an operator, a resign) ends the term too: a watch brings
+        it (runtime/keywatch.py), no read per renewal. True ends the watch."""
+        if self._over.is_set():
+            return True  # the term is over: our own revoke deletes the key
+        if change.kv is not None and change.kv.create_revision == self.term.fencing_token:
+            return False
+        reason = self.election.step_down_reason
+        if self.election.role is not Role.LEADER and reason is not None and reason.graceful:
+            return True  # our own handover's delete: the graceful step-down goes on as planned
+        lost = StepDownReason.LEADERSHIP_LOST
+        if change.kv is None:  # a revoke of our lease deletes the key too: then say so (one read, on a delete only)
+            try:
+                if self.backend.lease_remaining_s(self.term.keeper.lease_id, self.config.call_timeout_s) < 0:
+                    lost = StepDownReason.LEASE_LOST
+            except BackendError:
+                pass
+        log.warning("the leader key was %s %s", "deleted" if change.kv is None else
+                    f"taken by token {change.kv.create_revision}", self._tag)
+        self.term.keeper.mark_lost(lost)
+        self._wake.set()
+        return True
 
     # --- resign requests ------------------------------------------------------------------------------
     def _asks_us_to_resign(self, value: bytes) -> bool:
@@ -177,11 +189,16 @@ class Leadership(Ticker):
             request_resign: Callable[[], None], handover: Handover | None = None) -> TermOutcome:
         keepalive = threading.Thread(target=self._keepalive_loop, args=(first_sent_at,), daemon=True,
                                      name="singleton-keepalive")
-        if not self.shared_lease:
+        if not self.shared_lease:  # sharding: the member renews; the replica's one watch of groups/ brings the
+            # resign requests and any change of this group's key
             keepalive.start()
-        if not self.shared_lease:  # sharding: the replica's one watch of groups/ brings the resign requests
             threading.Thread(target=self._resign_watch, args=(won_revision + 1, request_resign), daemon=True,
                              name="singleton-resign-watch").start()
+            threading.Thread(target=follow_key, args=(self.backend, self.config.leader_key, won_revision + 1,
+                                                      self._over, self._check_key_still_ours,
+                                                      self.config.call_timeout_s,
+                                                      f"the leader's watch of its key {self._tag}"),
+                             daemon=True, name="singleton-key-watch").start()
         threading.Thread(target=self.controls.follow, args=(won_revision + 1,), daemon=True,
                          name="singleton-control-watch").start()
         left_running = False

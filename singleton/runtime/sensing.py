@@ -34,11 +34,14 @@ class Sensor:
     already gone is harmless, so several standbys may do it."""
 
     def __init__(self, address: str, nonce: str, lease_id: int, backend: Backend, clock: Clock,
-                 call_timeout_s: float, leader: str, leader_key: str) -> None:
+                 call_timeout_s: float, leader: str, leader_key: str, turn_s: float = 0.0) -> None:
         self.host, self.port = split_address(address)
         self.nonce, self.lease_id, self.leader, self.leader_key = nonce, lease_id, leader, leader_key
         self.backend, self.call_timeout_s = backend, call_timeout_s
         self.sense = DeathSense(clock)
+        self.turn_s = turn_s  # our turn among the standbys (core/stagger.py): the first revokes, the rest see it
+        self.dead = threading.Event()  # we sensed the death (our revoke waits its turn)
+        self.revoking = threading.Event()  # we sent the revoke: our campaign need not wait its turn again
         self.revoked = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -162,6 +165,11 @@ class Sensor:
         return kv is not None and kv.lease_id == self.lease_id
 
     def _revoke(self) -> None:
+        # Every standby senses the death at once; waiting our turn, the first one's revoke deletes the key and our
+        # campaigner stops us (stop()) before we read or revoke: O(1) etcd requests per death, not one per standby.
+        self.dead.set()
+        if self.turn_s > 0 and self._stop.wait(self.turn_s):
+            return
         if not self._still_holds_the_key():
             log.info("leader %s has gone, and no longer holds %s", self.leader, self.leader_key)
             return
@@ -171,6 +179,7 @@ class Sensor:
             if self._stop.is_set():
                 return
             try:
+                self.revoking.set()
                 self.backend.revoke_lease(self.lease_id, self.call_timeout_s)
                 self.revoked.set()
                 return
