@@ -39,18 +39,25 @@ def otlp_configured() -> bool:
                                            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def setup_telemetry(service_instance_id: str, *, scope_labels: bool = False) -> None:
-    """Install the global MeterProvider (Prometheus reader, plus OTLP if configured) and, with OTLP,
-    a TracerProvider. Without OTLP, spans stay no-ops. `scope_labels` puts the otel_scope_* labels (always
-    `singleton`) back on every /metrics series."""
+def setup_telemetry(service_instance_id: str, *, scope_labels: bool = False, prometheus: bool = True) -> bool:
+    """Install the global MeterProvider (Prometheus reader when /metrics is served, plus OTLP if configured)
+    and, with OTLP, a TracerProvider. Without OTLP, spans stay no-ops. `scope_labels` puts the otel_scope_*
+    labels (always `singleton`) back on every /metrics series. With neither Prometheus nor OTLP, nothing reads
+    the metrics: no SDK is installed (nor imported: ~5 MB of an idle replica's memory), the instruments stay
+    the API's no-ops, and False is returned."""
+    if not prometheus and not otlp_configured():
+        return False
     from opentelemetry import metrics, trace
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
 
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "singleton"),
                                 "service.instance.id": service_instance_id})
-    readers: list[Any] = [PrometheusMetricReader(scope_info_enabled=scope_labels)]
+    readers: list[Any] = []
+    if prometheus:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        readers.append(PrometheusMetricReader(scope_info_enabled=scope_labels))
     if otlp_configured():
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -64,6 +71,7 @@ def setup_telemetry(service_instance_id: str, *, scope_labels: bool = False) -> 
         trace.set_tracer_provider(tracer_provider)
         log.info("OTLP export on (%s)", os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "per-signal endpoints"))
     metrics.set_meter_provider(MeterProvider(metric_readers=readers, resource=resource, views=views()))
+    return True
 
 
 Check = Callable[[], list[str]]
