@@ -9,7 +9,6 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 log = logging.getLogger("singleton")
@@ -98,6 +97,9 @@ class HttpServer:
     """GET /metrics (Prometheus text), /healthz (liveness), /readyz (readiness); 503 with reasons when not ok."""
 
     def __init__(self, host: str, port: int, healthz: Check, readyz: Check) -> None:
+        # Here, not at the top: a replica with --http-port 0 never loads http.server (and email under it, ~2 MB).
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
         checks = {"/healthz": healthz, "/readyz": readyz}
 
         class Handler(BaseHTTPRequestHandler):
@@ -127,12 +129,24 @@ class HttpServer:
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="singleton-http")
+        # No poll interval: between requests the thread sleeps in select() with no timeout (serve_forever's default
+        # wakes it twice a second to look for a shutdown); close() wakes it with a connection of its own.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": None},
+                                        daemon=True, name="singleton-http")
 
     def start(self) -> HttpServer:
         self._thread.start()
         return self
 
     def close(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():
+            stopping = threading.Thread(target=self._server.shutdown, daemon=True, name="singleton-http-stop")
+            stopping.start()
+            address = (str(self._server.server_address[0]), int(self._server.server_address[1]))
+            while stopping.is_alive():  # until serve_forever has seen the shutdown flag: only while closing
+                try:
+                    socket.create_connection(address, timeout=1.0).close()
+                except OSError:
+                    pass
+                stopping.join(0.05)
         self._server.server_close()
