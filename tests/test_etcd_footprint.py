@@ -134,3 +134,35 @@ def test_an_idle_watch_leaves_no_thread_polling_in_grpc(etcd: EtcdCluster, name:
         thread.join(5)
         backend.close()
     assert not thread.is_alive()
+
+
+def test_a_watch_on_a_hung_member_moves_to_the_next_and_misses_nothing(etcd: EtcdCluster, name: str) -> None:
+    """The watch's channel pings its member (HTTP/2 keepalive, no timer of ours): a member that hangs breaks the
+    stream, which restarts on the next endpoint from the last revision it delivered."""
+    key = f"/f/{name}/leader"
+    proxy = CuttableProxy("127.0.0.1", etcd.members[0].client_port)
+    backend = EtcdBackend([parse_endpoint(proxy.endpoint), etcd.endpoints[0]], watch_check_timeout_s=1.0)
+    writer = EtcdBackend(etcd.endpoints)
+    stop, events = threading.Event(), []
+    lease = writer.grant_lease(30, 2.0)
+    won = writer.campaign(key, b"x", lease.lease_id, 2.0)
+
+    def watch() -> None:
+        events.extend(backend.watch(key, won.revision, stop))
+
+    thread = threading.Thread(target=watch, daemon=True)
+    try:
+        thread.start()
+        wait_for(lambda: events, 10, "the watch to deliver the put")
+        proxy.cut()
+        writer.revoke_lease(lease.lease_id, 2.0)  # happens while the watch's member is silent
+        # A ping every 5 s (etcd's minimum), answered within 1 s: the restart comes within ~6 s.
+        wait_for(lambda: len(events) == 2, 15, "the watch to deliver the delete via the other endpoint")
+        assert [e.deleted for e in events] == [False, True]
+    finally:
+        stop.set()
+        thread.join(5)
+        backend.close()
+        writer.close()
+        proxy.close()
+    assert not thread.is_alive()
