@@ -9,6 +9,7 @@ created, used and closed only in it."""
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import weakref
 from collections.abc import Callable, Coroutine
@@ -33,6 +34,16 @@ def _get_loop() -> asyncio.AbstractEventLoop:
             threading.Thread(target=loop.run_forever, daemon=True, name="singleton-etcd-aio").start()
             _loop = loop
         return _loop
+
+
+def _forget_after_fork() -> None:
+    """A forked child has no loop thread: it starts its own loop (and channels) on first use."""
+    global _loop, _lock
+    _loop, _lock = None, threading.Lock()
+    _channels.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def submit(coroutine: Coroutine[Any, Any, T]) -> Future[T]:
