@@ -4,8 +4,10 @@ own /metrics, never from the client's word."""
 from __future__ import annotations
 
 import re
+import sys
 import threading
 import time
+import traceback
 import urllib.request
 
 import pytest
@@ -94,3 +96,73 @@ def test_an_idle_watch_sends_nothing_and_still_delivers(etcd: EtcdCluster, name:
     finally:
         stop.set()
         backend.close()
+
+
+def _polling_frames() -> list[str]:
+    """Threads asleep in gRPC's sync-API waits, which wake on a timer: the stream iterator's 100 ms condition wait
+    (grpc._common.wait) and the channel spin thread's 200 ms completion-queue poll."""
+    found = []
+    for frame in sys._current_frames().values():
+        stack = traceback.extract_stack(frame)
+        if any(f.filename.endswith(("grpc/_common.py", "grpc/_channel.py")) for f in stack):
+            found.append(" <- ".join(f"{f.name} ({f.filename.rsplit('/', 1)[-1]})" for f in reversed(stack[-4:])))
+    return found
+
+
+def test_an_idle_watch_leaves_no_thread_polling_in_grpc(etcd: EtcdCluster, name: str) -> None:
+    """The watch runs on grpc.aio: while it waits, no thread of ours sits in a sync-gRPC wait that wakes on a
+    timer (on the blocking iterator, the reader woke 10 times a second and the channel spin thread 5)."""
+    key = f"/f/{name}/leader"
+    backend = EtcdBackend(etcd.endpoints)
+    stop, events = threading.Event(), []
+    lease = backend.grant_lease(10, 2.0)
+    won = backend.campaign(key, b"x", lease.lease_id, 2.0)
+
+    def watch() -> None:
+        events.extend(backend.watch(key, won.revision, stop))
+
+    thread = threading.Thread(target=watch, daemon=True)
+    try:
+        thread.start()
+        wait_for(lambda: events, 10, "the watch to deliver the put")
+        assert _polling_frames() == []
+        assert [e.deleted for e in events] == [False]
+        backend.revoke_lease(lease.lease_id, 2.0)
+        wait_for(lambda: len(events) == 2, 10, "the watch to deliver the delete")
+    finally:
+        stop.set()
+        thread.join(5)
+        backend.close()
+    assert not thread.is_alive()
+
+
+def test_a_watch_on_a_hung_member_moves_to_the_next_and_misses_nothing(etcd: EtcdCluster, name: str) -> None:
+    """The watch's channel pings its member (HTTP/2 keepalive, no timer of ours): a member that hangs breaks the
+    stream, which restarts on the next endpoint from the last revision it delivered."""
+    key = f"/f/{name}/leader"
+    proxy = CuttableProxy("127.0.0.1", etcd.members[0].client_port)
+    backend = EtcdBackend([parse_endpoint(proxy.endpoint), etcd.endpoints[0]], watch_check_timeout_s=1.0)
+    writer = EtcdBackend(etcd.endpoints)
+    stop, events = threading.Event(), []
+    lease = writer.grant_lease(30, 2.0)
+    won = writer.campaign(key, b"x", lease.lease_id, 2.0)
+
+    def watch() -> None:
+        events.extend(backend.watch(key, won.revision, stop))
+
+    thread = threading.Thread(target=watch, daemon=True)
+    try:
+        thread.start()
+        wait_for(lambda: events, 10, "the watch to deliver the put")
+        proxy.cut()
+        writer.revoke_lease(lease.lease_id, 2.0)  # happens while the watch's member is silent
+        # A ping every 5 s (etcd's minimum), answered within 1 s: the restart comes within ~6 s.
+        wait_for(lambda: len(events) == 2, 15, "the watch to deliver the delete via the other endpoint")
+        assert [e.deleted for e in events] == [False, True]
+    finally:
+        stop.set()
+        thread.join(5)
+        backend.close()
+        writer.close()
+        proxy.close()
+    assert not thread.is_alive()

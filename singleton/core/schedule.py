@@ -22,12 +22,13 @@ import threading
 from dataclasses import dataclass
 from functools import cached_property
 from datetime import datetime, timezone
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
-
 from singleton.core.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where a cron schedule is made: croniter and dateutil are ~2 MB a replica without one
+    from croniter import croniter
 
 MIN_INTERVAL_S = 0.1
 # Interval lengths are whole milliseconds, so k * E is exact and every replica computes the same instant.
@@ -101,6 +102,8 @@ class Cron:
     def _walker(self) -> tuple[croniter, threading.Lock]:
         """One croniter per schedule, moved with set_current: building one parses the expression again (~1 ms, the
         loop's largest cost with many cron jobs); its walking state is all reset by set_current."""
+        from croniter import croniter
+
         return (croniter(self.expression, datetime.now(tz=self.zone), second_at_beginning=True,
                          max_years_between_matches=_CRON_SEARCH_YEARS), threading.Lock())
 
@@ -185,6 +188,8 @@ def parse_cron(expression: str, tz: str = "UTC") -> Cron:
     if len(fields) != 6:
         raise ConfigError(f"cron {expression!r} must have 6 fields, seconds first: "
                           f"'SEC MIN HOUR DAY MONTH WEEKDAY' (got {len(fields)})")
+    from croniter import croniter
+
     if not croniter.is_valid(expression, second_at_beginning=True):
         raise ConfigError(f"cron {expression!r} is not a valid expression")
     try:

@@ -140,7 +140,7 @@ def cmd_run(args: argparse.Namespace, given: set[str]) -> int:
     from singleton.ops.http import setup_telemetry
     from singleton.runtime.runner import Singleton
 
-    setup_telemetry(config.replica_id)
+    setup_telemetry(config.replica_id, prometheus=bool(args.http_port))  # no reader, no SDK: see setup_telemetry
     singleton = Singleton(config, job)  # its etcd channels open on first use, not here
     for spec, fn in jobs or ():
         singleton.add_job(spec, fn)

@@ -9,7 +9,6 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 log = logging.getLogger("singleton")
@@ -39,18 +38,25 @@ def otlp_configured() -> bool:
                                            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def setup_telemetry(service_instance_id: str, *, scope_labels: bool = False) -> None:
-    """Install the global MeterProvider (Prometheus reader, plus OTLP if configured) and, with OTLP,
-    a TracerProvider. Without OTLP, spans stay no-ops. `scope_labels` puts the otel_scope_* labels (always
-    `singleton`) back on every /metrics series."""
+def setup_telemetry(service_instance_id: str, *, scope_labels: bool = False, prometheus: bool = True) -> bool:
+    """Install the global MeterProvider (Prometheus reader when /metrics is served, plus OTLP if configured)
+    and, with OTLP, a TracerProvider. Without OTLP, spans stay no-ops. `scope_labels` puts the otel_scope_*
+    labels (always `singleton`) back on every /metrics series. With neither Prometheus nor OTLP, nothing reads
+    the metrics: no SDK is installed (nor imported: ~5 MB of an idle replica's memory), the instruments stay
+    the API's no-ops, and False is returned."""
+    if not prometheus and not otlp_configured():
+        return False
     from opentelemetry import metrics, trace
-    from opentelemetry.exporter.prometheus import PrometheusMetricReader
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.resources import Resource
 
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "singleton"),
                                 "service.instance.id": service_instance_id})
-    readers: list[Any] = [PrometheusMetricReader(scope_info_enabled=scope_labels)]
+    readers: list[Any] = []
+    if prometheus:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
+        readers.append(PrometheusMetricReader(scope_info_enabled=scope_labels))
     if otlp_configured():
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -64,6 +70,7 @@ def setup_telemetry(service_instance_id: str, *, scope_labels: bool = False) -> 
         trace.set_tracer_provider(tracer_provider)
         log.info("OTLP export on (%s)", os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "per-signal endpoints"))
     metrics.set_meter_provider(MeterProvider(metric_readers=readers, resource=resource, views=views()))
+    return True
 
 
 Check = Callable[[], list[str]]
@@ -90,6 +97,9 @@ class HttpServer:
     """GET /metrics (Prometheus text), /healthz (liveness), /readyz (readiness); 503 with reasons when not ok."""
 
     def __init__(self, host: str, port: int, healthz: Check, readyz: Check) -> None:
+        # Here, not at the top: a replica with --http-port 0 never loads http.server (and email under it, ~2 MB).
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
         checks = {"/healthz": healthz, "/readyz": readyz}
 
         class Handler(BaseHTTPRequestHandler):
@@ -119,12 +129,24 @@ class HttpServer:
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="singleton-http")
+        # No poll interval: between requests the thread sleeps in select() with no timeout (serve_forever's default
+        # wakes it twice a second to look for a shutdown); close() wakes it with a connection of its own.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": None},
+                                        daemon=True, name="singleton-http")
 
     def start(self) -> HttpServer:
         self._thread.start()
         return self
 
     def close(self) -> None:
-        self._server.shutdown()
+        if self._thread.is_alive():
+            stopping = threading.Thread(target=self._server.shutdown, daemon=True, name="singleton-http-stop")
+            stopping.start()
+            address = (str(self._server.server_address[0]), int(self._server.server_address[1]))
+            while stopping.is_alive():  # until serve_forever has seen the shutdown flag: only while closing
+                try:
+                    socket.create_connection(address, timeout=1.0).close()
+                except OSError:
+                    pass
+                stopping.join(0.05)
         self._server.server_close()

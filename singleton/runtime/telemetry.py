@@ -1,7 +1,7 @@
 """What every replica counts, kept in-process (Stats) and sent to OpenTelemetry instruments.
 
 The instruments come from the global OpenTelemetry API and are no-ops until a MeterProvider or
-TracerProvider is installed (`observability.setup_telemetry` does that for `singleton run`; a library
+TracerProvider is installed (`ops.http.setup_telemetry` does that for `singleton run`; a library
 user installs their own). Names are under `singleton.`; durations are in seconds.
 """
 from __future__ import annotations

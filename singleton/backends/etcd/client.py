@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grpc
+import grpc.aio
 from etcd3.etcdrpc import rpc_pb2 as pb
 from etcd3.etcdrpc import rpc_pb2_grpc as pb_grpc
 
 from singleton.backends.abc import Backend, CampaignResult, Claim, KeyValue, Lease, WatchEvent, campaign_won
+from singleton.backends.etcd import aioloop
 from singleton.backends.etcd.errors import token_rejected, translate
 from singleton.backends.etcd.keepalive import KeepAliveStreams as _KeepAliveStreams
 from singleton.backends.etcd.watch import kv_of, watch
@@ -103,21 +105,30 @@ class EtcdBackend(Backend):
                 ("grpc.keepalive_permit_without_calls", 0),  # only while a stream is open: etcd's policy
                 ("grpc.http2.max_pings_without_data", 0)]  # an idle watch sends no data, yet must be pinged
 
+    def _ssl_credentials(self, index: int) -> grpc.ChannelCredentials | None:
+        if not self._endpoints[index].secure:
+            return None
+        creds = self._credentials or Credentials()
+        return grpc.ssl_channel_credentials(root_certificates=creds.ca, private_key=creds.key,
+                                            certificate_chain=creds.cert)
+
     def _channel(self, index: int) -> grpc.Channel:
         with self._lock:
             channel = self._channels.get(index)
             if channel is None:
-                endpoint = self._endpoints[index]
-                options = self._channel_options()
-                if endpoint.secure:
-                    creds = self._credentials or Credentials()
-                    channel = grpc.secure_channel(endpoint.target, grpc.ssl_channel_credentials(
-                        root_certificates=creds.ca, private_key=creds.key, certificate_chain=creds.cert),
-                        options)
-                else:
-                    channel = grpc.insecure_channel(endpoint.target, options)
+                target, ssl = self._endpoints[index].target, self._ssl_credentials(index)
+                channel = (grpc.insecure_channel(target, self._channel_options()) if ssl is None
+                           else grpc.secure_channel(target, ssl, self._channel_options()))
                 self._channels[index] = channel
             return channel
+
+    def _aio_channel(self, index: int) -> grpc.aio.Channel:
+        """The watches' channel to member `index`, on grpc.aio (aioloop.py); call only in the aio loop's thread."""
+        def make() -> grpc.aio.Channel:
+            target, ssl = self._endpoints[index].target, self._ssl_credentials(index)
+            return (grpc.aio.insecure_channel(target, self._channel_options()) if ssl is None
+                    else grpc.aio.secure_channel(target, ssl, self._channel_options()))
+        return aioloop.channel(self, index, make)
 
     def _rotate_from(self, index: int) -> None:
         with self._lock:
@@ -344,6 +355,7 @@ class EtcdBackend(Backend):
     def close(self) -> None:
         self.closing = True  # watches cut by this end quietly
         self._keepalive.forget(None)
+        aioloop.close_channels(self)
         with self._lock:
             channels, self._channels = list(self._channels.values()), {}
         for channel in channels:

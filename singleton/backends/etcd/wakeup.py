@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 _lock = threading.Lock()
 # id(event) -> (event, {registration number: callback}); the entry and its thread live until the event is set.
-_waiting: dict[int, tuple[threading.Event, dict[int, Callable[[], None]]]] = {}
+_waiting: dict[int, tuple[threading.Event, dict[int, Callable[[], object]]]] = {}
 _numbers = itertools.count()
 
 
@@ -23,7 +23,7 @@ def _wait_then_call(event: threading.Event) -> None:
         callback()
 
 
-def on_set(event: threading.Event, callback: Callable[[], None]) -> Callable[[], None]:
+def on_set(event: threading.Event, callback: Callable[[], object]) -> Callable[[], None]:
     """Call `callback` (once, from another thread) when `event` is set; at once if it already is.
     Returns a function that cancels the registration (a no-op once the callback has run)."""
     number = next(_numbers)

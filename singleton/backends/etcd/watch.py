@@ -2,18 +2,22 @@
 delivered when that member fails or falls silent, so no event is lost."""
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
 import threading
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import grpc.aio
 from etcd3.etcdrpc import kv_pb2 as kv_pb
 from etcd3.etcdrpc import rpc_pb2 as pb
 from etcd3.etcdrpc import rpc_pb2_grpc as pb_grpc
 
 from singleton.backends.abc import KeyValue, WatchEvent
+from singleton.backends.etcd import aioloop
 from singleton.backends.etcd.errors import PERMISSION_DENIED, translate
 from singleton.backends.etcd.wakeup import on_set
 from singleton.core.repeats import RepeatedFailures
@@ -65,10 +69,16 @@ def watch(backend: EtcdBackend, key: str, start_revision: int, stop: threading.E
                 stop.wait(min(0.2 * failures, 2.0))
 
 
+class _Stopped:
+    """Put on a stream's queue when our stop (or an abandoned iterator) cancelled it."""
+
+
 class _WatchStream:
-    """One watch stream on one member, read in the consumer's own thread: an idle watch blocks in gRPC and wakes
-    for nothing. A member that dies or hangs breaks the stream through the channel's HTTP/2 keepalive pings (sent
-    by gRPC's core, see client.py); our stop cancels the call (wakeup.on_set), so no timer of ours runs."""
+    """One watch stream on one member. The call lives in the aio loop's thread (aioloop.py), which hands each
+    response to the consumer's thread through a queue; the consumer blocks on that queue with no timeout. So an
+    idle watch wakes nobody: a member that dies or hangs breaks the stream through the channel's HTTP/2 keepalive
+    pings (sent by gRPC's core, see client.py), and our stop cancels the call (wakeup.on_set), with no timer of
+    ours anywhere."""
 
     def __init__(self, backend: EtcdBackend, index: int, key: str, start_revision: int,
                  stop: threading.Event, prefix: bool = False) -> None:
@@ -79,12 +89,32 @@ class _WatchStream:
         range_end = start[:-1] + bytes([start[-1] + 1]) if prefix else b""
         self._create = pb.WatchRequest(create_request=pb.WatchCreateRequest(
             key=start, range_end=range_end, start_revision=start_revision))
-        self._done = threading.Event()  # ends the request stream, which would otherwise half-close the call
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.heard = False  # the member answered at least once on this stream
 
-    def _request_iter(self) -> Iterator[Any]:
-        yield self._create
-        self._done.wait()
+    async def _pump(self, metadata: list[tuple[str, str]]) -> None:
+        """In the aio loop: open the call, send the create request, queue every response, then how it ended.
+        The request side is never closed (etcd would take a half-close for the end of the watch)."""
+        put = self._queue.put
+        call = None
+        try:
+            channel = self._backend._aio_channel(self._index)
+            call = pb_grpc.WatchStub(channel).Watch(metadata=metadata)
+            await call.write(self._create)
+            while True:
+                item = await call.read()
+                if item is grpc.aio.EOF:
+                    put(BackendUnavailable(f"{self._where}: stream ended"))
+                    return
+                put(item)
+        except asyncio.CancelledError:
+            if call is not None:
+                call.cancel()
+            put(_Stopped())
+        except grpc.RpcError as err:
+            put(translate(err, self._where))
+        except Exception as err:  # noqa: BLE001 - whatever broke the stream ends it; the consumer must hear
+            put(BackendUnavailable(f"{self._where}: {err!r}"))
 
     def _canceled(self, reason: str, metadata: list[tuple[str, str]]) -> BackendError:
         # etcd cancels a watch created with a token it no longer knows as "permission denied" (it says
@@ -96,22 +126,20 @@ class _WatchStream:
 
     def __iter__(self) -> Iterator[WatchEvent]:
         backend = self._backend
-        channel = backend._channel(self._index)
         try:
-            metadata = backend._metadata(channel, time.monotonic() + backend._watch_check_timeout_s)
+            metadata = backend._metadata(backend._channel(self._index),
+                                         time.monotonic() + backend._watch_check_timeout_s)
         except grpc.RpcError as err:
             raise translate(err, self._where) from err
-        call = pb_grpc.WatchStub(channel).Watch(self._request_iter(), metadata=metadata)
-        forget_stop = on_set(self._stop, call.cancel)
-        responses = iter(call)
+        running = aioloop.submit(self._pump(metadata))
+        forget_stop = on_set(self._stop, running.cancel)
         try:
             while True:
-                try:
-                    item = next(responses)
-                except StopIteration:
-                    raise BackendUnavailable(f"{self._where}: stream ended") from None
-                except grpc.RpcError as err:
-                    raise translate(err, self._where) from err
+                item = self._queue.get()  # no timeout: asleep until a response, a failure or our stop
+                if isinstance(item, _Stopped):
+                    raise BackendUnavailable(f"{self._where}: stopped")
+                if isinstance(item, BackendError):
+                    raise item
                 if not self.heard:
                     self.heard = True
                     backend.watch_opened()
@@ -127,5 +155,4 @@ class _WatchStream:
             if self.heard:
                 backend.watch_closed()
             forget_stop()
-            self._done.set()
-            call.cancel()
+            running.cancel()  # ends the call in the loop (a no-op once the pump has returned)
