@@ -18,6 +18,7 @@ from typing import Any
 from singleton.backends.abc import Backend, Claim
 from singleton.core.clock import Clock, SystemClock
 from singleton.core.term import RunningJob
+from singleton.runtime.arming import Armed
 from singleton.runtime.pool import WorkerPool
 from singleton.runtime.telemetry import tracer
 
@@ -121,6 +122,7 @@ class _Tick:
     future: concurrent.futures.Future[Any] | None = None
     cancelled_at: float | None = None
     reported: bool = False
+    armed: Armed | None = None  # waiting on its worker for its instant (runtime.arming)
 
 
 class JobRunner:
@@ -202,6 +204,29 @@ class JobRunner:
                 thread.start()  # may raise (no more threads): the ticker steps down on it
             self._ticks.append(tick)
 
+    def arm(self, ctx: TickContext, armed: Armed) -> bool:
+        """Hand the run to a worker now, to start at `armed.at` (runtime.arming); it counts as running from now on
+        (overlap, pool), until it is disarmed or refused. False: this runner does not arm (an async job, or no
+        pool): the loop starts it at the slot. Raises PoolFull when no worker is free."""
+        if self._async or self._pool is None:
+            return False
+        with self._lock:
+            self._ticks = self._live()
+            if len(self._ticks) >= self.max_instances:
+                raise RuntimeError("the job already runs as often as it may")  # the ticker checks full() first
+            tick = _Tick(ctx, armed.at, armed=armed)
+            armed.on_drop = tick.finished.set  # never started: no report, no longer counted as running
+            self._pool.submit(lambda: self._run_armed(tick, armed))  # PoolFull: not armed
+            self._ticks.append(tick)
+        return True
+
+    def _run_armed(self, tick: _Tick, armed: Armed) -> None:
+        if not armed.wait():
+            return
+        tick.started_at = armed.started_at or tick.started_at
+        object.__setattr__(tick.ctx, "lateness_s", armed.lateness_s)  # frozen for the job; nobody else has it yet
+        self._run_sync(tick)
+
     async def _run_async(self, tick: _Tick) -> None:
         error: BaseException | None = None
         try:
@@ -254,6 +279,8 @@ class JobRunner:
                 if tick.cancelled_at is None:
                     tick.cancelled_at = now
         for tick in ticks:
+            if tick.armed is not None:
+                tick.armed.disarm()  # not started yet: it never will
             tick.ctx.cancel_event.set()
             if tick.future is not None:
                 tick.future.cancel()
