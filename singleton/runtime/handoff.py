@@ -53,12 +53,17 @@ class HandOff(TermStart):
             return stop() is None and chain.claimed is claimed and keeper.step_down_reason(at) is None
 
         armed = Armed(plan.slot, plan.wake_at, track.max_lateness_s(plan.slot), self.clock, may_start)
-        try:
-            if not arm(self._context(track, plan.slot, plan.scheduled_at, 0.0), armed):
-                return
-        except PoolFull:
-            return  # the loop tries again at the slot, and skips and counts it if no worker is free then
+        # Visible before the worker has it, so a pause the control watch applies from now on disarms it there; one
+        # applied before is seen by the check below.
         track.armed, track.settle_at = armed, plan.wake_at + SETTLE_AFTER_S
+        try:
+            armed_ok = arm(self._context(track, plan.slot, plan.scheduled_at, 0.0), armed)
+        except PoolFull:
+            armed_ok = False  # the loop tries again at the slot, and skips and counts it if no worker is free then
+        if not armed_ok:
+            track.armed = None
+        elif self._held(track, plan.slot, self.clock.wall()) is not None:
+            armed.disarm()
 
     def _settle(self, track: Track, mono: float, wall: float) -> bool | None:
         """After an armed run's instant. True: it started (counted as a run); False: it never will (the loop judges
