@@ -3,9 +3,11 @@
 Each job (a Track) has its own schedule, run record, slot numbering, claim-ahead, lateness limit, overlap and timeout.
 The loop keeps a heap of the next moment each job needs attention (its claim point, ~0.25 s ahead, or its slot), so a
 wake-up costs O(log N) for the jobs it serves and nothing for the others; the single every-second job wakes once for
-its claim and once for its slot, as before. The lease and stop checks run at the top of every pass and again right
-before every run of any job, so a paused process never runs anything on an expired lease. Claims made in the same
-pass go to etcd together (runtime.runs.claim_together: one transaction for up to ~100 jobs).
+its claim and once just after its slot. A sync run is armed at its claim (runtime.handoff): its worker sleeps until
+the instant and starts the job itself; the loop settles it afterwards. The lease and stop checks run at the top of
+every pass and again right before every run of any job (for an armed run: on its worker, at the instant), so a
+paused process never runs anything on an expired lease. Claims made in the same pass go to etcd together
+(runtime.runs.claim_together: one transaction for up to ~100 jobs).
 """
 from __future__ import annotations
 
