@@ -287,3 +287,30 @@ def test_a_pool_worker_sleeps_until_the_instant_and_a_disarm_or_a_failed_check_k
     finally:
         runner.cancel()
         pool.close()
+
+
+def test_a_stop_seen_in_the_middle_of_a_pass_still_moves_the_plans_of_the_runs_it_started() -> None:
+    """Two jobs due at one instant (the loop's own path): the first starts and ends at once, the check before the
+    second finds a graceful stop with nothing running. The handover must name the slot after the one that started,
+    else the successor would run it again."""
+    from test_jobs_loop import lead as lead_jobs
+
+    clock = FakeClock(wall=T0 + 0.5)
+    backend = MemoryBackend(clock)
+    asked: list[StepDownReason] = []
+
+    class StopAskedOnStart(FakeRunner):
+        def start(self, ctx: Any) -> None:
+            super().start(ctx)
+            asked.append(StepDownReason.SHUTDOWN)  # after this run started, before the next one's check
+
+    first, second = StopAskedOnStart(clock, duration_s=0.0), FakeRunner(clock)
+    leadership, _ = lead_jobs(backend, clock, [(build_job_spec("a", every=1), first),
+                                               (build_job_spec("b", every=1), second)], 5.0)
+    leadership._stop_reason = lambda: asked[0] if asked else None
+    assert leadership._tick_until_step_down(None) is StepDownReason.SHUTDOWN
+    assert first.slots == [T0 + 1] and second.slots == []
+    leadership._hand_over()
+    kv, _ = backend.get(leadership.config.handover_key, 1.0)
+    assert kv is not None
+    assert decode_handover(kv.value).job_next_slots == {"a": T0 + 2, "b": T0 + 1}

@@ -112,6 +112,7 @@ class Ticker(HandOff):
         clock = self.clock
         claims: list[tuple[Track, float]] = []  # (track, how long its claim may take)
         handled: list[Track] = []  # run, or skipped and counted: on to their next slot
+        stop: StepDownReason | None = None
         for track in sorted(ready, key=lambda t: t.plan.wake_at if t.plan else 0.0):
             plan, chain = track.plan, track.chain
             assert plan is not None
@@ -158,9 +159,9 @@ class Ticker(HandOff):
                 continue
             else:
                 now = clock.monotonic()
-                reason = self._draining(self._stop_reason(), now) or self.election.check(now)
-                if reason is not None:
-                    return reason
+                stop = self._draining(self._stop_reason(), now) or self.election.check(now)
+                if stop is not None:
+                    break  # the runs this pass started still move on (the handover names the slot after them)
                 self._start(track, plan.slot, plan.scheduled_at, due.lateness_s, wall)
             handled.append(track)
         # The next plans after every start of this pass: for cron each is a walk to the next fire time, and the runs
@@ -170,6 +171,8 @@ class Ticker(HandOff):
             track.plan = next_schedule_plan(track.spec.schedule, track.plan.slot, clock.wall(), clock.monotonic(),
                                             track.name, track.spec.jitter_s,
                                             handled_wall(track.plan, clock.wall(), clock.monotonic()))
+        if stop is not None:
+            return stop
         return self._claim_now_or_ahead(claims) if claims else None
 
     def _context(self, track: Track, slot: int, scheduled_at: float, lateness_s: float | None,
