@@ -314,3 +314,19 @@ def test_a_stop_seen_in_the_middle_of_a_pass_still_moves_the_plans_of_the_runs_i
     kv, _ = backend.get(leadership.config.handover_key, 1.0)
     assert kv is not None
     assert decode_handover(kv.value).job_next_slots == {"a": T0 + 2, "b": T0 + 1}
+
+
+def test_runs_are_not_armed_when_the_pool_has_fewer_workers_than_runs_that_may_go_at_once() -> None:
+    """Arming holds a worker ~0.25 s before the instant; with fewer workers than sync runs (--workers below the
+    jobs' max_instances summed) that could leave a run due meanwhile without one: those start at the slot, as before."""
+    clock = SystemClock()
+    short, enough = WorkerPool(1, demand=2).start(), WorkerPool(2, demand=2).start()
+    try:
+        for pool, arms in ((short, False), (enough, True)):
+            runner = JobRunner(lambda ctx: None, lambda c, d, e: None, clock, pool=pool)
+            armed = Armed(1, clock.monotonic() + 5.0, 1.0, clock, lambda now: True)
+            assert runner.arm(_ctx(1), armed) is arms and runner.busy() is arms
+            armed.disarm()
+    finally:
+        short.close()
+        enough.close()

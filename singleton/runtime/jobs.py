@@ -216,10 +216,12 @@ class JobRunner:
 
     def arm(self, ctx: TickContext, armed: Armed) -> bool:
         """Hand the run to a worker now, to start at `armed.at` (runtime.arming); it counts as running from now on
-        (overlap, pool), until it is disarmed or refused. False: this runner does not arm (an async job, or no
-        pool, or a fake clock): the loop starts it at the slot. Raises PoolFull when no worker is free."""
-        if self._async or self._pool is None or not isinstance(self._clock, SystemClock):
-            return False  # a worker sleeps on the real clock (a test's fake clock moves only when told)
+        (overlap, pool), until it is disarmed or refused. False: this runner does not arm (an async job, no pool,
+        fewer workers than runs that may go at once, a fake clock): the loop starts it at the slot. Raises PoolFull
+        when no worker is free."""
+        if self._async or self._pool is None or not self._pool.may_hold_early or \
+                not isinstance(self._clock, SystemClock):  # a worker sleeps on the real clock, not a test's fake one
+            return False
         with self._lock:
             self._ticks = self._live()
             if len(self._ticks) >= self.max_instances:

@@ -25,8 +25,12 @@ class PoolFull(SingletonError):
 
 
 class WorkerPool:
-    def __init__(self, size: int, name: str = "singleton-worker") -> None:
+    def __init__(self, size: int, name: str = "singleton-worker", demand: int | None = None) -> None:
+        """`demand`: how many sync runs may go at once (the jobs' max_instances summed), when known."""
         self.size = size
+        # A run armed at its claim (runtime.arming) holds its worker ~0.25 s before its instant: only when there is a
+        # worker for every run that may go at once, so holding one early never leaves another run without one.
+        self.may_hold_early = demand is None or size >= demand
         self._name = name
         self._queue: queue.SimpleQueue[Work | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
