@@ -60,6 +60,9 @@ class HandOff(TermStart):
             armed_ok = arm(self._context(track, plan.slot, plan.scheduled_at, 0.0), armed)
         except PoolFull:
             armed_ok = False  # the loop tries again at the slot, and skips and counts it if no worker is free then
+        except BaseException:
+            track.armed = None  # never reached a worker (no thread could start: the term ends on it)
+            raise
         if not armed_ok:
             track.armed = None
         elif self._held(track, plan.slot, self.clock.wall()) is not None:
