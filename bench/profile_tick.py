@@ -3,9 +3,12 @@
     python bench/profile_tick.py [--ticks 60] [--py-spy-s 60] [--out docs/bench/profile.md]
 
 1. Stages, timed in this process on a real leader (default timings, run record on, one-member etcd): the bench
-   wraps (never edits) the tick path's functions with a clock read at their entry: the loop's last check after
-   its wake-up (ticker.check_due returning "run"), JobRunner.start (the hand-off), JobRunner._run_sync (first line
-   in the worker that runs the job), and the job's own first line. Lateness of each against the slot's whole second.
+   wraps (never edits) the tick path's functions with a clock read at their entry. A sync run is armed at its claim
+   (runtime.arming): its worker wakes from its own timed wait (Armed.decide: the in-memory check), then
+   JobRunner._run_sync, then the job's own first line. A run the loop starts itself (not armed: async, or disarmed
+   and judged again) goes through the loop's last check after its wake-up (ticker.check_due returning "run") and
+   JobRunner.start (the hand-off) instead; trees before arming only have that path. Lateness of each against the
+   slot's whole second.
 2. CPU, sampled by py-spy (PyPI) on a separate `singleton run` leader for --py-spy-s seconds (0: skip):
    samples by function, own time and with callees, busiest first. Figures, never pass/fail.
 """
@@ -34,8 +37,10 @@ from singleton.runtime.jobs import JobRunner  # noqa: E402
 
 WAITS = {"Condition.wait", "Event.wait", "Queue.get", "_wait_once", "wait", "channel_spin",
          "_run_channel_spin_thread.<locals>.channel_spin", "select", "sleep", "poll"}
-STAGES = ["ticker decides to run (check_due)", "hand-off starts (JobRunner.start)",
-          "worker's first line (JobRunner._run_sync)", "job's first line"]
+STAGES = ["loop path: ticker decides to run (check_due)", "loop path: hand-off starts (JobRunner.start)",
+          "armed path: worker wakes at the instant (Armed.decide)", "worker's first line (JobRunner._run_sync)",
+          "job's first line"]
+ARMED, RUN_SYNC, FIRST_LINE = STAGES[2], STAGES[3], STAGES[4]
 
 
 def _module(name: str) -> object | None:
@@ -45,13 +50,16 @@ def _module(name: str) -> object | None:
         return None
 
 
-def stages(endpoints: tuple, ticks: int) -> tuple[dict[str, list[float]], int]:
+def stages(endpoints: tuple, ticks: int) -> tuple[dict[str, dict[int, float]], int]:
     marks: dict[int, dict[str, float]] = collections.defaultdict(dict)
     # The tick loop lives in runtime/ticking.py (many jobs) or, in older trees, runtime/leadership.py.
     loop = next(m for m in (_module("singleton.runtime.ticking"), _module("singleton.runtime.leadership"))
                 if m is not None and hasattr(m, "check_due"))
     original_check_due, original_start = loop.check_due, JobRunner.start
     original_run_sync = getattr(JobRunner, "_run_sync", None)
+    arming = _module("singleton.runtime.arming")
+    armed_cls = getattr(arming, "Armed", None)
+    original_decide = getattr(armed_cls, "decide", None)
 
     def check_due(plan, wall, *rest):  # type: ignore[no-untyped-def]
         now = time.time()
@@ -65,20 +73,26 @@ def stages(endpoints: tuple, ticks: int) -> tuple[dict[str, list[float]], int]:
         return original_start(self, ctx)
 
     def run_sync(self, tick):  # type: ignore[no-untyped-def]
-        marks[tick.ctx.slot][STAGES[2]] = time.time()
+        marks[tick.ctx.slot][RUN_SYNC] = time.time()
         return original_run_sync(self, tick)
+
+    def decide(self, now):  # type: ignore[no-untyped-def]
+        marks[self.slot][ARMED] = time.time()
+        return original_decide(self, now)
 
     done = threading.Event()
 
     def job(ctx: TickContext) -> None:
-        marks[ctx.slot][STAGES[3]] = time.time()
-        if sum(1 for m in marks.values() if STAGES[3] in m) >= ticks + 2:
+        marks[ctx.slot][FIRST_LINE] = time.time()
+        if sum(1 for m in marks.values() if FIRST_LINE in m) >= ticks + 2:
             done.set()
 
     loop.check_due = check_due
     JobRunner.start = start  # type: ignore[method-assign]
     if original_run_sync is not None:
         JobRunner._run_sync = run_sync  # type: ignore[method-assign]
+    if original_decide is not None:
+        armed_cls.decide = decide
     try:
         with Singleton(Config(endpoints=endpoints, name=f"profile-{os.getpid()}", replica_id="profile"), job):
             done.wait(ticks + 60)
@@ -86,8 +100,10 @@ def stages(endpoints: tuple, ticks: int) -> tuple[dict[str, list[float]], int]:
         loop.check_due, JobRunner.start = original_check_due, original_start  # type: ignore[method-assign]
         if original_run_sync is not None:
             JobRunner._run_sync = original_run_sync  # type: ignore[method-assign]
-    slots = sorted(s for s, m in marks.items() if STAGES[3] in m)[2:]  # the first two are warm-up
-    out = {stage: [(marks[s][stage] - s) * 1e3 for s in slots if stage in marks[s]] for stage in STAGES}
+        if original_decide is not None:
+            armed_cls.decide = original_decide
+    slots = sorted(s for s, m in marks.items() if FIRST_LINE in m)[2:]  # the first two are warm-up
+    out = {stage: {s: (marks[s][stage] - s) * 1e3 for s in slots if stage in marks[s]} for stage in STAGES}
     return out, len(slots)
 
 
@@ -154,18 +170,21 @@ def main() -> int:
              "| stage (time since the slot's whole second) | p50 | p99 | max |", "|---|---|---|---|"]
     with tempfile.TemporaryDirectory(prefix="singleton-bench-") as tmp, EtcdCluster(1, Path(tmp) / "etcd") as c:
         found, n = stages(tuple(c.endpoints), args.ticks)
-        previous: list[float] | None = None
+        previous: dict[int, float] | None = None
         for stage in STAGES:
-            values = found[stage]
-            if not values:
+            found_at = found[stage]
+            if not found_at:
                 lines.append(f"| {stage} | n/a (not on this code's path) | | |")
                 continue
-            lines.append(f"| {stage} | {median(values):.3f} ms | {pct(values, 99):.3f} ms | {max(values):.3f} ms |")
-            if previous is not None and len(previous) == len(values):
-                steps = [b - a for a, b in zip(previous, values)]
+            values = list(found_at.values())
+            lines.append(f"| {stage} ({len(values)} ticks) | {median(values):.3f} ms | {pct(values, 99):.3f} ms "
+                         f"| {max(values):.3f} ms |")
+            common = [s for s in found_at if previous is not None and s in previous]
+            if previous is not None and common:  # per slot, for the ticks that went through both stages
+                steps = [found_at[s] - previous[s] for s in common]
                 lines.append(f"| … step from the previous stage | {median(steps):.3f} ms | {pct(steps, 99):.3f} ms "
                              f"| {max(steps):.3f} ms |")
-            previous = values
+            previous = found_at
         lines.append("")
         if args.py_spy_s > 0:
             lines += py_spy(c.endpoints_arg, args.py_spy_s, Path(tmp))

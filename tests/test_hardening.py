@@ -116,7 +116,7 @@ def test_an_error_in_the_tick_loop_steps_down_cleanly_and_says_why(monkeypatch: 
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="singleton")
     backend = MemoryBackend()
-    original = JobRunner.start
+    original, original_arm = JobRunner.start, JobRunner.arm
     attempts = [0]
 
     def start(self: JobRunner, ctx: TickContext) -> None:
@@ -125,7 +125,14 @@ def test_an_error_in_the_tick_loop_steps_down_cleanly_and_says_why(monkeypatch: 
             raise RuntimeError("can't start new thread")
         original(self, ctx)
 
+    def arm(self: JobRunner, ctx: TickContext, armed: Any) -> bool:  # a sync run is handed over at its claim
+        attempts[0] += 1
+        if attempts[0] == 1:
+            raise RuntimeError("can't start new thread")
+        return original_arm(self, ctx, armed)
+
     monkeypatch.setattr(JobRunner, "start", start)
+    monkeypatch.setattr(JobRunner, "arm", arm)
     app = Singleton(config("a"), lambda ctx: None, backend=backend)
     reasons: list[StepDownReason] = []
     app.on_stepped_down(reasons.append)

@@ -60,6 +60,9 @@ class TermStart:
                coalesced: tuple[int, int] | None = None) -> None:
         raise NotImplementedError  # runtime.ticking.Ticker
 
+    def _arm(self, track: Track) -> None:
+        raise NotImplementedError  # runtime.handoff.HandOff
+
     # --- the start of a term ---------------------------------------------------------------------------
     def _load_records(self) -> StepDownReason | None:
         """Named jobs' run records, read together at the start of the term (the legacy job's came with the
@@ -169,7 +172,9 @@ class TermStart:
                 return StepDownReason.CLAIM_REFUSED
             plan = track.plan
             assert plan is not None
-            if outcome is ClaimOutcome.FAILED and clock.monotonic() >= plan.wake_at:
+            if outcome is ClaimOutcome.CLAIMED:
+                self._arm(track)  # a sync run goes to its worker now and starts itself at the instant
+            elif outcome is ClaimOutcome.FAILED and clock.monotonic() >= plan.wake_at:
                 # A claim made at the slot itself that etcd did not answer: the slot is not run.
                 self.stats.tick("unclaimed", job=track.label)
                 self.stats.missed("unclaimed", 1, track.label)

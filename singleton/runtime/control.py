@@ -51,6 +51,9 @@ class JobControls:
         self._by_job = {_job(t): t for t in tracks}
         self._wake, self._over = wake, over
         self._recheck: tuple[float, str, bool] | None = None  # (monotonic time, run key, verdict)
+        # Told at once, on the watch's thread, which job's record changed: a run armed ahead is disarmed by a pause
+        # before its worker wakes (runtime.handoff), not only when the tick loop next looks.
+        self.on_change: Callable[[str], None] = lambda job: None
         for track in tracks:
             if track.chain is not None:
                 track.chain.control = (lambda slot, consume, t=track: self._fence(t, slot, consume))
@@ -92,6 +95,7 @@ class JobControls:
                     job = job_of_key(self.config, event.kv.key)
                     if job is not None and self.state.apply(job, event.revision,
                                                             None if event.deleted else event.kv.value):
+                        self.on_change(job)
                         self._wake.set()  # a trigger is served, a pause judged, at once
                 return
             except (WatchCompacted, BackendError) as err:
@@ -103,6 +107,7 @@ class JobControls:
                 for kv in self.backend.get_prefix(control_prefix(self.config), self.config.call_timeout_s):
                     job = job_of_key(self.config, kv.key)
                     if job is not None and self.state.apply(job, kv.mod_revision, kv.value):
+                        self.on_change(job)
                         self._wake.set()
                 revision = read_at + 1
             except BackendError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import inspect
 import logging
 import threading
@@ -15,9 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import trace
+
 from singleton.backends.abc import Backend, Claim
 from singleton.core.clock import Clock, SystemClock
 from singleton.core.term import RunningJob
+from singleton.runtime.arming import Armed
 from singleton.runtime.pool import WorkerPool
 from singleton.runtime.telemetry import tracer
 
@@ -62,7 +66,14 @@ class TickContext:
 JobFn = Callable[[TickContext], Any]
 
 
+_NO_SPAN = contextlib.nullcontext(trace.INVALID_SPAN)
+
+
 def tick_span(ctx: TickContext) -> Any:
+    # No tracer provider installed (no OTLP: setup_telemetry): the span would be a no-op that still costs 0.05-0.1 ms
+    # right before the job's first line. A provider installed later is used from its next run on.
+    if isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        return _NO_SPAN
     return tracer.start_as_current_span("singleton.tick", record_exception=False, attributes={
         "singleton.replica_id": ctx.replica_id, "singleton.fencing_token": ctx.fencing_token,
         "singleton.slot": ctx.slot, "singleton.lateness_s": ctx.lateness_s, "singleton.job": ctx.job})
@@ -121,6 +132,7 @@ class _Tick:
     future: concurrent.futures.Future[Any] | None = None
     cancelled_at: float | None = None
     reported: bool = False
+    armed: Armed | None = None  # waiting on its worker for its instant (runtime.arming)
 
 
 class JobRunner:
@@ -202,6 +214,31 @@ class JobRunner:
                 thread.start()  # may raise (no more threads): the ticker steps down on it
             self._ticks.append(tick)
 
+    def arm(self, ctx: TickContext, armed: Armed) -> bool:
+        """Hand the run to a worker now, to start at `armed.at` (runtime.arming); it counts as running from now on
+        (overlap, pool), until it is disarmed or refused. False: this runner does not arm (an async job, no pool,
+        fewer workers than runs that may go at once, a fake clock): the loop starts it at the slot. Raises PoolFull
+        when no worker is free."""
+        if self._async or self._pool is None or not self._pool.may_hold_early or \
+                not isinstance(self._clock, SystemClock):  # a worker sleeps on the real clock, not a test's fake one
+            return False
+        with self._lock:
+            self._ticks = self._live()
+            if len(self._ticks) >= self.max_instances:
+                raise RuntimeError("the job already runs as often as it may")  # the ticker checks full() first
+            tick = _Tick(ctx, armed.at, armed=armed)
+            armed.on_drop = tick.finished.set  # never started: no report, no longer counted as running
+            self._pool.submit(lambda: self._run_armed(tick, armed))  # PoolFull: not armed
+            self._ticks.append(tick)
+        return True
+
+    def _run_armed(self, tick: _Tick, armed: Armed) -> None:
+        if not armed.wait():
+            return
+        tick.started_at = armed.started_at or tick.started_at
+        object.__setattr__(tick.ctx, "lateness_s", armed.lateness_s)  # frozen for the job; nobody else has it yet
+        self._run_sync(tick)
+
     async def _run_async(self, tick: _Tick) -> None:
         error: BaseException | None = None
         try:
@@ -254,6 +291,8 @@ class JobRunner:
                 if tick.cancelled_at is None:
                     tick.cancelled_at = now
         for tick in ticks:
+            if tick.armed is not None:
+                tick.armed.disarm()  # not started yet: it never will
             tick.ctx.cancel_event.set()
             if tick.future is not None:
                 tick.future.cancel()

@@ -75,6 +75,7 @@ class Leadership(Ticker):
         self.last_tick_wall: float | None = None
         # Operators' pause/resume/skip-next/trigger (runtime.control): read at the start, followed by a watch.
         self.controls = JobControls(config, backend, clock, term.fencing_token, tracks, stats, wake, self._over)
+        self.controls.on_change = self._control_changed  # a pause disarms a run armed ahead (runtime.handoff)
         # Heartbeats of the two loops, read by /healthz: a wedged loop stops beating.
         self.ticker_beat = self.keepalive_beat = clock.monotonic()
 

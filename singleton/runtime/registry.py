@@ -93,7 +93,8 @@ class JobRegistry:
         run does not wait for one). Returns the view of all runs, with throwaway tracks for it."""
         self.async_loop = AsyncLoop(loop)
         sync_slots = sum(j.spec.max_instances for j in self._jobs if not is_async_job(j.fn))
-        self.pool = WorkerPool(min(self.config.workers, sync_slots)).start() if sync_slots else None
+        self.pool = WorkerPool(min(self.config.workers, sync_slots), demand=sync_slots).start() \
+            if sync_slots else None
         self.runners = {j.spec.name: JobRunner(j.fn, on_done, clock, max_instances=j.spec.max_instances,
                                                pool=self.pool, async_loop=self.async_loop) for j in self._jobs}
         return AllJobs([Track(j.spec, self.runners[j.spec.name], None, self.legacy) for j in self._jobs])

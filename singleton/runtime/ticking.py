@@ -3,9 +3,11 @@
 Each job (a Track) has its own schedule, run record, slot numbering, claim-ahead, lateness limit, overlap and timeout.
 The loop keeps a heap of the next moment each job needs attention (its claim point, ~0.25 s ahead, or its slot), so a
 wake-up costs O(log N) for the jobs it serves and nothing for the others; the single every-second job wakes once for
-its claim and once for its slot, as before. The lease and stop checks run at the top of every pass and again right
-before every run of any job, so a paused process never runs anything on an expired lease. Claims made in the same
-pass go to etcd together (runtime.runs.claim_together: one transaction for up to ~100 jobs).
+its claim and once just after its slot. A sync run is armed at its claim (runtime.handoff): its worker sleeps until
+the instant and starts the job itself; the loop settles it afterwards. The lease and stop checks run at the top of
+every pass and again right before every run of any job (for an armed run: on its worker, at the instant), so a
+paused process never runs anything on an expired lease. Claims made in the same pass go to etcd together
+(runtime.runs.claim_together: one transaction for up to ~100 jobs).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from singleton.core.lease import StepDownReason
 from singleton.core.records import Handover
 from singleton.core.term import JobVerdict, job_deadline, job_verdict
 from singleton.core.ticker import CLAIM_AHEAD_S, MAX_LATENESS_S, Verdict, check_due, next_schedule_plan
-from singleton.runtime.claiming import TermStart, handled_wall
+from singleton.runtime.claiming import handled_wall
+from singleton.runtime.handoff import HandOff
 from singleton.runtime.jobs import TickContext
 from singleton.runtime.pool import PoolFull
 from singleton.runtime.tracks import Track
@@ -30,12 +33,8 @@ _EPS_S = 1e-6
 _MAX_WAIT_S = 1.0
 
 
-class Ticker(TermStart):
+class Ticker(HandOff):
     """The tick loop, as methods of Leadership (which holds the term, the tracks and the clocks)."""
-
-    def _held(self, track: Track, slot: int, wall: float) -> str | None:
-        """Why an operator keeps `slot` from running (paused, skip_next; runtime.control); None: it may run."""
-        return None
 
     def _serve_triggers(self) -> StepDownReason | None:
         return None
@@ -48,6 +47,12 @@ class Ticker(TermStart):
         reason = self._first_plans(handover_last_slot, handover)
         if reason is not None:
             return reason
+        try:
+            return self._loop()
+        finally:
+            self._disarm_all()  # whatever ended the term: nothing armed starts after this
+
+    def _loop(self) -> StepDownReason:
         clock, keeper, cfg = self.clock, self.term.keeper, self.config
         heap = [(t.event_at(), t.version, t.index) for t in self.tracks]
         heapq.heapify(heap)
@@ -92,6 +97,7 @@ class Ticker(TermStart):
         stop timeout; the step-down then cancels what still runs."""
         if stop is None or not stop.graceful:
             return stop
+        self._disarm_unstarted()
         if not any(t.runner.busy() for t in self.tracks):
             return stop
         if self._drain_started is None:
@@ -106,9 +112,17 @@ class Ticker(TermStart):
         clock = self.clock
         claims: list[tuple[Track, float]] = []  # (track, how long its claim may take)
         handled: list[Track] = []  # run, or skipped and counted: on to their next slot
+        stop: StepDownReason | None = None
         for track in sorted(ready, key=lambda t: t.plan.wake_at if t.plan else 0.0):
             plan, chain = track.plan, track.chain
             assert plan is not None
+            if track.armed is not None:
+                settled = self._settle(track, mono, wall)
+                if settled:
+                    handled.append(track)  # its worker started it at the instant
+                if settled is not False:
+                    continue
+                # Disarmed or refused before it started: judged below like any claimed slot.
             unclaimed = chain is not None and chain.claim_of(plan.slot) is None
             at = plan.wake_at if 0 < plan.wake_at - mono <= _EPS_S else mono
             # A slot not yet due needs no lateness limit (for cron it costs a walk to the next fire time).
@@ -145,9 +159,9 @@ class Ticker(TermStart):
                 continue
             else:
                 now = clock.monotonic()
-                reason = self._draining(self._stop_reason(), now) or self.election.check(now)
-                if reason is not None:
-                    return reason
+                stop = self._draining(self._stop_reason(), now) or self.election.check(now)
+                if stop is not None:
+                    break  # the runs this pass started still move on (the handover names the slot after them)
                 self._start(track, plan.slot, plan.scheduled_at, due.lateness_s, wall)
             handled.append(track)
         # The next plans after every start of this pass: for cron each is a walk to the next fire time, and the runs
@@ -157,22 +171,30 @@ class Ticker(TermStart):
             track.plan = next_schedule_plan(track.spec.schedule, track.plan.slot, clock.wall(), clock.monotonic(),
                                             track.name, track.spec.jitter_s,
                                             handled_wall(track.plan, clock.wall(), clock.monotonic()))
+        if stop is not None:
+            return stop
         return self._claim_now_or_ahead(claims) if claims else None
+
+    def _context(self, track: Track, slot: int, scheduled_at: float, lateness_s: float | None,
+                 coalesced: tuple[int, int] | None = None) -> TickContext:
+        cfg, chain = self.config, track.chain
+        return TickContext(self.term.fencing_token, slot, scheduled_at, cfg.replica_id, threading.Event(),
+                           self.backend, cfg.leader_key, cfg.call_timeout_s, lateness_s=lateness_s or 0.0,
+                           _claim=chain.claim_of(slot) if chain else None, coalesced_slots=coalesced, job=track.name)
 
     def _start(self, track: Track, slot: int, scheduled_at: float, lateness_s: float | None,
                wall: float, coalesced: tuple[int, int] | None = None) -> None:
-        cfg, chain = self.config, track.chain
-        ctx = TickContext(self.term.fencing_token, slot, scheduled_at, cfg.replica_id, threading.Event(),
-                          self.backend, cfg.leader_key, cfg.call_timeout_s, lateness_s=lateness_s or 0.0,
-                          _claim=chain.claim_of(slot) if chain else None, coalesced_slots=coalesced, job=track.name)
         try:
-            track.runner.start(ctx)
+            track.runner.start(self._context(track, slot, scheduled_at, lateness_s, coalesced))
         except PoolFull:
             self.stats.tick("skipped", job=track.label)
             self._not_run(track, slot, "pool_full")
             log.warning("slot %d%s skipped: every worker is busy (%d; --workers) %s", slot, track.tag,
                         self.config.workers, self._tag)
             return
+        self._started(track, slot, lateness_s, wall)
+
+    def _started(self, track: Track, slot: int, lateness_s: float | None, wall: float) -> None:
         track.last_started_slot = self.last_started_slot = slot
         self.last_tick_wall = wall
         self._active.add(track.index)

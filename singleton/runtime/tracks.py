@@ -10,6 +10,7 @@ from singleton.core.jobspec import JobSpec
 from singleton.core.schedule import Interval, max_lateness_s
 from singleton.core.term import RunningJob
 from singleton.core.ticker import CLAIM_AHEAD_S, SlotPlan
+from singleton.runtime.arming import Armed
 from singleton.runtime.runs import RunChain
 
 
@@ -43,6 +44,8 @@ class Track:
     last_started_slot: int | None = None
     version: int = 0  # bumped whenever the plan changes: older heap entries are stale
     index: int = 0
+    armed: Armed | None = None  # its plan's run, handed to a worker at the claim (runtime.handoff)
+    settle_at: float = 0.0  # when the loop next looks at the armed run
     _lateness: tuple[int, float] | None = None
 
     @property
@@ -85,6 +88,8 @@ class Track:
     def event_at(self) -> float:
         """When the loop must next look at this job: the claim point ahead of the slot, or the slot itself."""
         assert self.plan is not None
+        if self.armed is not None:
+            return self.settle_at
         if self.chain is not None and self.claim_tried != self.plan.slot and \
                 self.chain.claim_of(self.plan.slot) is None:
             return self.plan.wake_at - CLAIM_AHEAD_S
