@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 from typing import TYPE_CHECKING
 
@@ -312,7 +313,10 @@ class ShardedRun:
             return now + _IDLE_WAIT_S
         ready = [(g, to) for g, to in moves if now - terms[g].won_at >= interval and not terms[g].busy()]
         if not ready:
-            return now + interval  # look again when the young have settled or the busy are done
+            # Look again soon, at a random phase: every-second runs are busy from their claim (0.25 s ahead, when
+            # armed) to their end, all at the same phase of each second, and a look every `interval` would keep
+            # landing in that window and never move anything.
+            return now + random.uniform(0.1, 0.3)
         batch = ready[:max(1, math.ceil(len(terms) / 10))]
         log.info("rebalance: handing %d of %d groups to the members now preferred for them (%s)", len(batch),
                  len(moves), ", ".join(f"{g}->{to}" for g, to in batch))
