@@ -155,6 +155,10 @@ def main() -> int:
                     deletes.close()
             ticks = h.ticks()
             twice = len(overlaps(ticks)) + len(duplicate_slots(ticks))
+            for a, b in overlaps(ticks):  # the ledger goes with the temporary directory: say what was seen
+                print(f"{peer} two at once: {a} overlaps {b}", flush=True)
+            for slot in duplicate_slots(ticks):
+                print(f"{peer} slot {slot} twice: {[t for t in ticks if t.slot == slot]}", flush=True)
             g = results.get("graceful", [])
             col = {f: figures([r["takeover_s"] for r in results.get(f, [])]) for f in FAULTS}
             lines.append(f"| {PEERS[peer]} | {col['graceful']} | {figures([r['gap_s'] for r in g])} "
