@@ -113,8 +113,11 @@ class Holders:
         while time.monotonic() < deadline:
             ticks = self.ticks()
             frac = time.time() % 1
-            if ticks and ticks[-1].finished and time.monotonic() - ticks[-1].start_mono < 1.0 and 0.45 < frac < 0.6:
-                last = ticks[-1]
+            # Only a live holder's tick: a peer without self-fencing (python-etcd3's Lock) may still tick once
+            # from the holder the previous round paused, between its SIGCONT and its removal.
+            live = [t for t in ticks if t.replica in self.procs]
+            if live and live[-1].finished and time.monotonic() - live[-1].start_mono < 1.0 and 0.45 < frac < 0.6:
+                last = live[-1]
                 if not standbys or all(self.ready(r, last.replica) for r in self.procs if r != last.replica):
                     return last
             time.sleep(0.02)
