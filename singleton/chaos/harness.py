@@ -208,6 +208,17 @@ class Harness:
                 return member
         return None
 
+    def leaked_leases(self, namespace: str) -> list[str]:
+        """Leases still holding keys of this scenario once its replicas stopped. Killed replicas' leases lapse by
+        themselves: wait out one TTL before calling what is left a leak."""
+        deadline = time.monotonic() + self.timings.lease_ttl_s + 3
+        while True:
+            leaked = [f"{lease} {keys}" for lease, keys in self.lease_keys().items()
+                      if self.cluster is not None or any(k.startswith(f"{PREFIX}/{namespace}/") for k in keys)]
+            if not leaked or time.monotonic() > deadline:
+                return leaked
+            time.sleep(0.5)
+
     def lease_keys(self) -> dict[str, list[str]]:
         """Live leases and the keys attached, as etcd itself (etcdctl) reports them."""
         leases = {}
@@ -339,15 +350,7 @@ class Harness:
             run.ticks, run.history_error = self.ticks(), f"{type(err).__name__}: {err}"
         self._watch_stop.set()
         self._watcher.join(5)
-        # Killed replicas' leases lapse by themselves: wait out one TTL before looking for leaks.
-        deadline = time.monotonic() + self.timings.lease_ttl_s + 3
-        while True:
-            leaked = [f"{lease} {keys}" for lease, keys in self.lease_keys().items()
-                      if self.cluster is not None or any(k.startswith(f"{PREFIX}/{run.namespace}/") for k in keys)]
-            if not leaked or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        run.leaked_leases = leaked
+        run.leaked_leases = self.leaked_leases(run.namespace)
         if self.jobs_file and isinstance(self.replicas, RecordReplicaSet):
             # The records as final_ticks() read them, once every replica had stopped (None: that read failed).
             if run.history_error is None:

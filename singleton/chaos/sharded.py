@@ -167,14 +167,7 @@ class ShardHarness(Harness):
         run.ticks = self.replicas.ticks()
         self._watch_stop.set()
         self._watcher.join(5)
-        deadline = time.monotonic() + self.timings.lease_ttl_s + 3
-        while True:
-            leaked = [f"{lease} {keys}" for lease, keys in self.lease_keys().items()
-                      if self.cluster is not None or any(k.startswith(f"{PREFIX}/{run.namespace}/") for k in keys)]
-            if not leaked or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        run.leaked_leases = leaked
+        run.leaked_leases = self.leaked_leases(run.namespace)
         with self._keys_lock:
             run.key_events = [(e.at, e.deleted, e.token) for e in self.key_events]
             run.holders = {e.token: e.replica for e in self.key_events if not e.deleted}
