@@ -36,11 +36,16 @@ def _get_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+_left_by_parent: list[object] = []  # what a forked child inherited: kept, never finalised (see below)
+
+
 def _forget_after_fork() -> None:
-    """A forked child has no loop thread: it starts its own loop (and channels) on first use."""
-    global _loop, _lock
-    _loop, _lock = None, threading.Lock()
-    _channels.clear()
+    """A forked child has no loop thread: it starts its own loop (and channels) on first use. The parent's loop and
+    channels are set aside, not dropped: finalising them here joins threads the child does not have, and a
+    `subprocess` child with a preexec_fn spun in that join forever before its exec (seen under load in CI)."""
+    global _loop, _lock, _channels
+    _left_by_parent.append((_loop, _channels))
+    _loop, _lock, _channels = None, threading.Lock(), weakref.WeakKeyDictionary()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
